@@ -1,0 +1,40 @@
+"""kdlab.losses: distillation losses as pure functions on logits, nn.Module wrappers and a registry.
+
+Every function takes raw logits of shape (N, C) or (N, ..., C), computes in float32 (float64 for
+float64 inputs) even under autocast, and reduces with 'batchmean' (sum over classes, mean over rows),
+'sum' or 'none'.
+"""
+
+from ._fused import get_backend, set_backend
+from .ce import cross_entropy
+from .dkd import dkd_loss, dkd_terms
+from .focal import focal_kd
+from .kd import kd_loss, label_smoothing_kd
+from .modules import CrossEntropy, DKDLoss, FocalKD, KDLoss, LabelSmoothingKD, Poly1KD, PTLoss
+from .proxy import proxy_teacher
+from .ptloss import poly1_kd, ptloss
+from .registry import available, get, register
+
+__all__ = [
+    "CrossEntropy",
+    "DKDLoss",
+    "FocalKD",
+    "KDLoss",
+    "LabelSmoothingKD",
+    "PTLoss",
+    "Poly1KD",
+    "available",
+    "cross_entropy",
+    "dkd_loss",
+    "dkd_terms",
+    "focal_kd",
+    "get",
+    "get_backend",
+    "kd_loss",
+    "label_smoothing_kd",
+    "poly1_kd",
+    "proxy_teacher",
+    "ptloss",
+    "register",
+    "set_backend",
+]
