@@ -27,9 +27,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Show the version."
-    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """kdlab: knowledge distillation for PyTorch."""
 
@@ -50,9 +48,7 @@ def _losses_table() -> Table:
             for p in params
             if p.name not in ("self", "reduction")
         )
-        needs = ", ".join(
-            n for n, flag in (("teacher", cls.requires_teacher), ("labels", cls.requires_target)) if flag
-        )
+        needs = ", ".join(n for n, flag in (("teacher", cls.requires_teacher), ("labels", cls.requires_target)) if flag)
         table.add_row(name, hyper, needs, (cls.__doc__ or "").strip().splitlines()[0])
     return table
 

@@ -34,9 +34,7 @@ def _scores(probs: torch.Tensor, labels: torch.Tensor, truth: torch.Tensor) -> d
     }
 
 
-def run_loss_demo(
-    console: Console, seed: int = 0, candidates: int = 64, rows: int = 4000
-) -> dict[str, object]:
+def run_loss_demo(console: Console, seed: int = 0, candidates: int = 64, rows: int = 4000) -> dict[str, object]:
     """Print the worked example and return its numbers (used by the tests)."""
     gen = torch.Generator().manual_seed(seed)
     num_classes, order = 10, 5
@@ -52,12 +50,8 @@ def run_loss_demo(
     t = torch.randn(4, num_classes, generator=gen)
     eps = torch.tensor([0.4, -0.2, 0.1, 0.05, -0.1])
     console.print(f"kd_loss(T=1)                 = {kd_loss(s, t, temperature=1.0).item():.6f}")
-    console.print(
-        f"ptloss(eps=0, T=1)           = {ptloss(s, t, torch.zeros(5), temperature=1.0).item():.6f}  (equal)"
-    )
-    console.print(
-        f"ptloss(eps=[0.4, -0.2, 0.1, 0.05, -0.1], T=1) = {ptloss(s, t, eps, temperature=1.0).item():.6f}"
-    )
+    console.print(f"ptloss(eps=0, T=1)           = {ptloss(s, t, torch.zeros(5), temperature=1.0).item():.6f}  (equal)")
+    console.print(f"ptloss(eps=[0.4, -0.2, 0.1, 0.05, -0.1], T=1) = {ptloss(s, t, eps, temperature=1.0).item():.6f}")
 
     console.rule(f"2. choosing epsilon through the proxy teacher ({candidates} candidates, M={order})")
     epsilons = _sample_epsilons(candidates, order, gen)
@@ -69,9 +63,7 @@ def run_loss_demo(
     best = int(torch.tensor(val_scores).argmin())
     seconds = time.perf_counter() - start
 
-    table = Table(
-        title=f"held-out rows ({rows - rows // 2}); selection on the other {rows // 2} took {seconds:.2f}s"
-    )
+    table = Table(title=f"held-out rows ({rows - rows // 2}); selection on the other {rows // 2} took {seconds:.2f}s")
     table.add_column("distribution")
     for col in ("val L2 to labels", "L2 to labels", "NLL", "KL(truth ‖ ·)", "accuracy"):
         table.add_column(col, justify="right")

@@ -20,8 +20,7 @@ def check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         hint = " ('mean' would also average over classes: kdlab's 'batchmean' is what KD needs)"
         raise ValueError(
-            f"reduction must be one of {REDUCTIONS}, got {reduction!r}"
-            + (hint if reduction == "mean" else "")
+            f"reduction must be one of {REDUCTIONS}, got {reduction!r}" + (hint if reduction == "mean" else "")
         )
 
 
@@ -37,9 +36,7 @@ def check_temperature(temperature: float) -> float:
 
 def check_logits(name: str, logits: object) -> Tensor:
     if not isinstance(logits, Tensor):
-        raise ValueError(
-            f"{name} must be a torch.Tensor of shape (N, C) or (N, ..., C), got {type(logits).__name__}"
-        )
+        raise ValueError(f"{name} must be a torch.Tensor of shape (N, C) or (N, ..., C), got {type(logits).__name__}")
     if logits.dim() < 2:
         raise ValueError(f"{name} must have shape (N, C) or (N, ..., C), got shape {tuple(logits.shape)}")
     if not logits.is_floating_point():
@@ -67,15 +64,12 @@ def check_mask(mask: Tensor | None, lead_shape: torch.Size) -> Tensor | None:
         raise ValueError(f"mask must be a bool tensor of shape {tuple(lead_shape)}, got {mask!r:.60}")
     if mask.shape != lead_shape:
         raise ValueError(
-            f"mask must have shape {tuple(lead_shape)} (the logits without the class dim), "
-            f"got {tuple(mask.shape)}"
+            f"mask must have shape {tuple(lead_shape)} (the logits without the class dim), got {tuple(mask.shape)}"
         )
     return mask
 
 
-def check_target(
-    target: object, lead_shape: torch.Size, num_classes: int, ignore_index: int | None = None
-) -> Tensor:
+def check_target(target: object, lead_shape: torch.Size, num_classes: int, ignore_index: int | None = None) -> Tensor:
     if not isinstance(target, Tensor) or target.dtype not in (
         torch.int64,
         torch.int32,
@@ -88,8 +82,7 @@ def check_target(
     valid = target if ignore_index is None else target[target != ignore_index]
     if valid.numel() and (bool((valid < 0).any()) or bool((valid >= num_classes).any())):
         raise ValueError(
-            f"target values must be in [0, {num_classes - 1}], "
-            f"got values from {int(valid.min())} to {int(valid.max())}"
+            f"target values must be in [0, {num_classes - 1}], got values from {int(valid.min())} to {int(valid.max())}"
         )
     return target.long()
 
@@ -107,21 +100,16 @@ def as_epsilon(epsilon: object, num_classes: int, *, device: torch.device, dtype
         try:
             eps = torch.as_tensor(epsilon, dtype=torch.float64)
         except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"epsilon must be numbers of shape (M,) or (C, M), got {epsilon!r:.80}: {err}"
-            ) from None
+            raise ValueError(f"epsilon must be numbers of shape (M,) or (C, M), got {epsilon!r:.80}: {err}") from None
     else:
-        raise ValueError(
-            f"epsilon must be a tensor or a list of shape (M,) or (C, M), got {type(epsilon).__name__}"
-        )
+        raise ValueError(f"epsilon must be a tensor or a list of shape (M,) or (C, M), got {type(epsilon).__name__}")
     if eps.dim() == 0:
         eps = eps.reshape(1)
     if not eps.is_floating_point():
         eps = eps.to(torch.float64)
     if eps.dim() not in (1, 2) or eps.shape[-1] < 1 or (eps.dim() == 2 and eps.shape[0] != num_classes):
         raise ValueError(
-            f"epsilon must have shape (M,) or (C, M) with C={num_classes} classes and M>=1, "
-            f"got {tuple(eps.shape)}"
+            f"epsilon must have shape (M,) or (C, M) with C={num_classes} classes and M>=1, got {tuple(eps.shape)}"
         )
     if not bool(torch.isfinite(eps).all()):
         raise ValueError("epsilon contains NaN or inf")
@@ -141,9 +129,7 @@ def select_rows(
     return s.index_select(0, index), None if t is None else t.index_select(0, index), index
 
 
-def reduce_rows(
-    values: Tensor, reduction: str, lead_shape: torch.Size, index: Tensor | None, num_rows: int
-) -> Tensor:
+def reduce_rows(values: Tensor, reduction: str, lead_shape: torch.Size, index: Tensor | None, num_rows: int) -> Tensor:
     """Apply ``reduction`` to per-row values (of the selected rows, when ``index`` is given)."""
     if reduction == "sum":
         return values.sum()

@@ -146,7 +146,7 @@ def _eager_all(s: Tensor, t: Tensor, temperature: float, epsilon: Tensor | None,
         )
         for i in range(0, num_rows, step)
     ]
-    return torch.cat(values) if len(values) > 1 else values[0], grad
+    return (torch.cat(values) if values else s.new_zeros(0)), grad
 
 
 def _compiled_kernel():
@@ -162,9 +162,7 @@ def _use_compile(s: Tensor) -> bool:
         return False
     if backend == "compile":
         return True
-    return s.numel() >= AUTO_COMPILE_MIN_ELEMENTS and (
-        s.is_cuda or shutil.which(os.environ.get("CXX", "g++"))
-    )
+    return s.numel() >= AUTO_COMPILE_MIN_ELEMENTS and (s.is_cuda or shutil.which(os.environ.get("CXX", "g++")))
 
 
 def _compute(s: Tensor, t: Tensor, temperature: float, epsilon: Tensor | None, need_grad: bool):
@@ -175,18 +173,14 @@ def _compute(s: Tensor, t: Tensor, temperature: float, epsilon: Tensor | None, n
             return _compiled_kernel()(s, t, inv_t, r_coef, d_coef, need_grad)
         except Exception as err:  # a missing compiler must not stop training: fall back, say so once
             _state["compile_failed"] = True
-            warnings.warn(
-                f"kdlab: torch.compile of the loss kernel failed, using eager ({err!s:.200})", stacklevel=3
-            )
+            warnings.warn(f"kdlab: torch.compile of the loss kernel failed, using eager ({err!s:.200})", stacklevel=3)
     return _eager_all(s, t, temperature, epsilon, need_grad)
 
 
 class _FusedKD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, temperature: float, epsilon: Tensor | None, dtype: torch.dtype):
-        value, grad = _compute(
-            s.to(dtype), t.to(dtype), temperature, epsilon, need_grad=ctx.needs_input_grad[0]
-        )
+        value, grad = _compute(s.to(dtype), t.to(dtype), temperature, epsilon, need_grad=ctx.needs_input_grad[0])
         ctx.temperature = temperature
         ctx.input_dtype = s.dtype
         ctx.save_for_backward(grad)
@@ -202,11 +196,7 @@ class _FusedKD(torch.autograd.Function):
 def kd_rows(s: Tensor, t: Tensor, temperature: float, epsilon: Tensor | None, dtype: torch.dtype) -> Tensor:
     """T^2 * [KL(q || p) + perturbation] per row of (R, C) logits, in ``dtype`` (float32 or float64)."""
     with torch.autocast(device_type=s.device.type, enabled=False):
-        if (
-            t.requires_grad
-            or (epsilon is not None and epsilon.requires_grad)
-            or torch.compiler.is_compiling()
-        ):
+        if t.requires_grad or (epsilon is not None and epsilon.requires_grad) or torch.compiler.is_compiling():
             r_coef, d_coef = (None, None) if epsilon is None else horner_coefficients(epsilon)
             inv_t = torch.tensor(1.0 / temperature, dtype=dtype, device=s.device)
             value, _ = functional_rows(s.to(dtype), t.to(dtype), inv_t, r_coef, d_coef, need_grad=False)

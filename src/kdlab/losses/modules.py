@@ -77,9 +77,7 @@ class Poly1KD(_LossModule):
 class LabelSmoothingKD(_LossModule):
     """KD towards (1 - a)·p_t + a/C."""
 
-    def __init__(
-        self, smoothing: float = 0.1, temperature: float = 4.0, reduction: str = "batchmean"
-    ) -> None:
+    def __init__(self, smoothing: float = 0.1, temperature: float = 4.0, reduction: str = "batchmean") -> None:
         super().__init__(reduction)
         self.smoothing, self.temperature = smoothing, temperature
 
@@ -119,9 +117,7 @@ class DKDLoss(_LossModule):
         self._needs(teacher_logits, target)
         if mask is not None:
             raise ValueError("dkd does not take a mask; select the rows before calling it")
-        return dkd_loss(
-            student_logits, teacher_logits, target, self.alpha, self.beta, self.temperature, self.reduction
-        )
+        return dkd_loss(student_logits, teacher_logits, target, self.alpha, self.beta, self.temperature, self.reduction)
 
 
 @register("ce")
@@ -131,9 +127,7 @@ class CrossEntropy(_LossModule):
     requires_teacher = False
     requires_target = True
 
-    def __init__(
-        self, label_smoothing: float = 0.0, ignore_index: int = -100, reduction: str = "batchmean"
-    ) -> None:
+    def __init__(self, label_smoothing: float = 0.0, ignore_index: int = -100, reduction: str = "batchmean") -> None:
         super().__init__(reduction)
         self.label_smoothing, self.ignore_index = label_smoothing, ignore_index
 

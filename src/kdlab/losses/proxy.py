@@ -111,9 +111,7 @@ def proxy_teacher(teacher_probs: Tensor, epsilon: Tensor, max_iter: int = 100, t
     eps_mc = eps.unsqueeze(-1) if eps.dim() == 1 else eps.t()  # (M, 1) or (M, C), lowest power first
     m = torch.arange(1, eps_mc.shape[0] + 1, dtype=torch.float64, device=pi.device).unsqueeze(-1)
     d_coef = eps_mc * m  # P'(u) = sum_j d_j u^j
-    dd_coef = (d_coef * torch.arange(eps_mc.shape[0], dtype=torch.float64, device=pi.device).unsqueeze(-1))[
-        1:
-    ]
+    dd_coef = (d_coef * torch.arange(eps_mc.shape[0], dtype=torch.float64, device=pi.device).unsqueeze(-1))[1:]
     if dd_coef.shape[0] == 0:
         dd_coef = torch.zeros_like(d_coef[:1])
     bound = d_coef.abs().sum(0)  # |P'(u)| <= bound on [0, 1]

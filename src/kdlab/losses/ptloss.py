@@ -33,9 +33,7 @@ def ptloss(
     temperature = check_temperature(temperature)
     s, t = check_pair(student_logits, teacher_logits)
     eps = as_epsilon(epsilon, s.shape[-1], device=s.device, dtype=compute_dtype(s, t))
-    return pairwise_loss(
-        s, t, reduction, mask, lambda s_, t_, dtype: kd_rows(s_, t_, temperature, eps, dtype)
-    )
+    return pairwise_loss(s, t, reduction, mask, lambda s_, t_, dtype: kd_rows(s_, t_, temperature, eps, dtype))
 
 
 def poly1_kd(

@@ -1,0 +1,216 @@
+"""Forward + backward time and peak memory of ptloss vs kd_loss at vocabularies 1k, 32k and 128k.
+
+    python benchmarks/loss_speed.py            # full: 60 interleaved repetitions per point
+    python benchmarks/loss_speed.py --quick    # 15 repetitions
+
+For each vocabulary it times, interleaved (so machine noise hits every variant alike), the median of
+forward + backward on (rows, V) logits for:
+  kd_loss / ptloss (M = 5) with kdlab's 'eager' backend and its default 'auto' backend
+  (torch.compile for large inputs), and two plain-autograd references: KD via F.kl_div and PTLoss
+  with an eager Horner polynomial under autograd.
+Peak memory is measured per variant in a fresh process (the peak resident set on CPU, reset after
+warm-up; peak allocated bytes on CUDA) above what the inputs already use. Results go to
+benchmarks/results/loss_speed.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _env import environment
+
+from kdlab.io import atomic_write_json, atomic_write_text
+from kdlab.losses import kd_loss, ptloss, set_backend
+
+EPSILON = [0.4, -0.2, 0.1, 0.05, -0.1]  # M = 5
+PAIRS = {  # ptloss variant -> the kd variant it is compared with
+    "ptloss[eager]": "kd_loss[eager]",
+    "ptloss[auto]": "kd_loss[auto]",
+    "ptloss autograd (Horner)": "kd autograd (F.kl_div)",
+}
+TEMPERATURE = 2.0
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def autograd_kd(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The textbook KD loss: autograd through log_softmax and kl_div."""
+    log_p = F.log_softmax(s / TEMPERATURE, -1)
+    log_q = F.log_softmax(t / TEMPERATURE, -1)
+    return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * TEMPERATURE**2
+
+
+def autograd_ptloss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """PTLoss written plainly: KL plus an eager Horner polynomial, differentiated by autograd."""
+    log_p = F.log_softmax(s / TEMPERATURE, -1)
+    log_q = F.log_softmax(t / TEMPERATURE, -1)
+    q = log_q.exp()
+    u = 1 - log_p.exp()
+    poly = torch.full_like(u, EPSILON[-1])
+    for c in reversed(EPSILON[:-1]):
+        poly = poly * u + c
+    rows = (q * (log_q - log_p)).sum(-1) + (q * u * poly).sum(-1)
+    return rows.mean() * TEMPERATURE**2
+
+
+def variants() -> dict[str, tuple[str | None, object]]:
+    eps = torch.tensor(EPSILON)
+    return {
+        "kd_loss[eager]": ("eager", lambda s, t: kd_loss(s, t, TEMPERATURE)),
+        "ptloss[eager]": ("eager", lambda s, t: ptloss(s, t, eps, TEMPERATURE)),
+        "kd_loss[auto]": ("auto", lambda s, t: kd_loss(s, t, TEMPERATURE)),
+        "ptloss[auto]": ("auto", lambda s, t: ptloss(s, t, eps, TEMPERATURE)),
+        "kd autograd (F.kl_div)": (None, autograd_kd),
+        "ptloss autograd (Horner)": (None, autograd_ptloss),
+    }
+
+
+def inputs(rows: int, vocab: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    s = (torch.randn(rows, vocab, generator=gen) * 3).to(device)
+    t = (torch.randn(rows, vocab, generator=gen) * 3).to(device)
+    return s, t
+
+
+def step(fn, s0: torch.Tensor, t: torch.Tensor, backend: str | None) -> float:
+    if backend is not None:
+        set_backend(backend)
+    s = s0.detach().clone().requires_grad_(True)
+    if s.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(s, t).backward()
+    if s.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_all(rows: int, vocab: int, reps: int, device: str) -> dict[str, dict[str, float]]:
+    s, t = inputs(rows, vocab, device)
+    chosen = variants()
+    samples: dict[str, list[float]] = {name: [] for name in chosen}
+    for _ in range(3):  # warm-up, includes torch.compile for the auto backend
+        for backend, fn in chosen.values():
+            step(fn, s, t, backend)
+    for _ in range(reps):
+        for name, (backend, fn) in chosen.items():
+            samples[name].append(step(fn, s, t, backend))
+    out = {}
+    for name, values in samples.items():
+        q = statistics.quantiles(values, n=4)
+        out[name] = {"median_ms": statistics.median(values) * 1e3, "q1_ms": q[0] * 1e3, "q3_ms": q[2] * 1e3}
+    return out
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_memory(name: str, rows: int, vocab: int, device: str) -> float:
+    """Peak extra memory (MiB) of one forward + backward, after a warm-up call."""
+    backend, fn = variants()[name]
+    s, t = inputs(rows, vocab, device)
+    step(fn, s, t, backend)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(fn, s, t, backend)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with open("/proc/self/clear_refs", "w") as handle:  # reset the peak resident set (Linux)
+        handle.write("5")
+    base = _rss_kib("VmRSS:")
+    step(fn, s, t, backend)
+    return (_rss_kib("VmHWM:") - base) / 1024
+
+
+def memory_in_subprocess(name: str, rows: int, vocab: int, device: str) -> float | None:
+    cmd = [sys.executable, __file__, "--memory-of", name, "--rows", str(rows), "--vocab", str(vocab)]
+    cmd += ["--device", device]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"memory measurement of {name} at {vocab} failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"])
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = [
+        "# Loss speed: ptloss (M = 5) vs kd_loss, forward + backward",
+        "",
+        f"Command: `{env['command']}`  ",
+        f"Machine: {env['machine']}; device {env['device']}  ",
+        f"Versions: python {env['python']}, torch {env['torch']}, kdlab {env['kdlab']}; {env['date_utc']} UTC  ",
+        f"Rows {result['rows']}, temperature {TEMPERATURE}, epsilon {EPSILON}; median of {result['reps']} "
+        "interleaved repetitions (IQR in brackets); peak = extra memory of one step in a fresh process.",
+        "",
+        "| vocab | variant | time ms | peak MiB | time / kd_loss (same backend) |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for vocab, entry in result["vocabularies"].items():
+        for name, timing in entry["time"].items():
+            ratio = entry["ratios"].get(name)  # only ptloss variants have one
+            peak = entry["peak_mib"].get(name)
+            lines.append(
+                f"| {vocab} | {name} | {timing['median_ms']:.2f} [{timing['q1_ms']:.2f}, {timing['q3_ms']:.2f}] "
+                f"| {'n/a' if peak is None else f'{peak:.1f}'} | {'' if ratio is None else f'{ratio:.2f}'} |"
+            )
+    lines += ["", "ptloss / kd_loss time ratios:", ""]
+    for vocab, entry in result["vocabularies"].items():
+        parts = [f"{k} {v:.2f}" for k, v in entry["ratios"].items()]
+        lines.append(f"- {vocab}: " + ", ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="15 repetitions instead of 60")
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--vocab", type=int, nargs="+", default=[1000, 32000, 128000])
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-process memory measurement")
+    parser.add_argument("--out", type=Path, default=RESULTS / "loss_speed")
+    parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_of:
+        print(json.dumps({"peak_mib": measure_memory(args.memory_of, args.rows, args.vocab[0], args.device)}))
+        return
+    reps = args.reps or (15 if args.quick else 60)
+    result: dict = {"environment": environment(), "rows": args.rows, "reps": reps, "vocabularies": {}}
+    for vocab in args.vocab:
+        timings = time_all(args.rows, vocab, reps, args.device)
+        ratios = {pt: timings[pt]["median_ms"] / timings[kd]["median_ms"] for pt, kd in PAIRS.items()}
+        peaks = {
+            name: None if args.no_memory else memory_in_subprocess(name, args.rows, vocab, args.device)
+            for name in timings
+        }
+        result["vocabularies"][str(vocab)] = {"time": timings, "ratios": ratios, "peak_mib": peaks}
+        print(
+            f"vocab {vocab:>6}: ptloss/kd_loss = {ratios['ptloss[auto]']:.2f} (auto backend), "
+            f"{ratios['ptloss[eager]']:.2f} (eager), {ratios['ptloss autograd (Horner)']:.2f} (plain autograd); "
+            f"kd_loss[auto] {timings['kd_loss[auto]']['median_ms']:.2f} ms, "
+            f"ptloss[auto] {timings['ptloss[auto]']['median_ms']:.2f} ms",
+            flush=True,
+        )
+    atomic_write_json(args.out.with_suffix(".json"), result)
+    atomic_write_text(args.out.with_suffix(".md"), markdown(result))
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
