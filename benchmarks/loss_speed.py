@@ -8,15 +8,21 @@ forward + backward on (rows, V) logits for:
   kd_loss / ptloss (M = 5) with kdlab's 'eager' backend and its default 'auto' backend
   (torch.compile for large inputs), and two plain-autograd references: KD via F.kl_div and PTLoss
   with an eager Horner polynomial under autograd.
-Peak memory is measured per variant in a fresh process (the peak resident set on CPU, reset after
-warm-up; peak allocated bytes on CUDA) above what the inputs already use. Results go to
-benchmarks/results/loss_speed.{json,md}.
+By default the script re-executes itself with glibc's MALLOC_TRIM_THRESHOLD_ and
+MALLOC_MMAP_THRESHOLD_ raised: otherwise glibc returns freed multi-MB buffers to the OS and the next call
+pays page faults, milliseconds of noise on every variant (--system-malloc measures without; the
+setting is recorded). Peak memory is measured per variant in a fresh process, above what the inputs
+already use: on CPU the rise of the peak resident set during one step after a warm-up and malloc_trim;
+on CUDA the peak allocated bytes. Results go to benchmarks/results/loss_speed.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -40,6 +46,7 @@ PAIRS = {  # ptloss variant -> the kd variant it is compared with
 }
 TEMPERATURE = 2.0
 RESULTS = Path(__file__).resolve().parent / "results"
+MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(1 << 34), "MALLOC_MMAP_THRESHOLD_": str(1 << 25)}  # 32 MiB: max
 
 
 def autograd_kd(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -130,6 +137,8 @@ def measure_memory(name: str, rows: int, vocab: int, device: str) -> float:
         torch.cuda.reset_peak_memory_stats()
         step(fn, s, t, backend)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so new pages count towards the peak
     with open("/proc/self/clear_refs", "w") as handle:  # reset the peak resident set (Linux)
         handle.write("5")
     base = _rss_kib("VmRSS:")
@@ -139,8 +148,9 @@ def measure_memory(name: str, rows: int, vocab: int, device: str) -> float:
 
 def memory_in_subprocess(name: str, rows: int, vocab: int, device: str) -> float | None:
     cmd = [sys.executable, __file__, "--memory-of", name, "--rows", str(rows), "--vocab", str(vocab)]
-    cmd += ["--device", device]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    cmd += ["--device", device, "--system-malloc"]  # retained free heap would hide the peak
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         print(f"memory measurement of {name} at {vocab} failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
         return None
@@ -153,7 +163,7 @@ def markdown(result: dict) -> str:
         "# Loss speed: ptloss (M = 5) vs kd_loss, forward + backward",
         "",
         f"Command: `{env['command']}`  ",
-        f"Machine: {env['machine']}; device {env['device']}  ",
+        f"Machine: {env['machine']}; device {env['device']}; malloc: {env['malloc']}  ",
         f"Versions: python {env['python']}, torch {env['torch']}, kdlab {env['kdlab']}; {env['date_utc']} UTC  ",
         f"Rows {result['rows']}, temperature {TEMPERATURE}, epsilon {EPSILON}; median of {result['reps']} "
         "interleaved repetitions (IQR in brackets); peak = extra memory of one step in a fresh process.",
@@ -185,13 +195,18 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process memory measurement")
     parser.add_argument("--out", type=Path, default=RESULTS / "loss_speed")
+    parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default malloc thresholds")
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.system_malloc and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     if args.memory_of:
         print(json.dumps({"peak_mib": measure_memory(args.memory_of, args.rows, args.vocab[0], args.device)}))
         return
     reps = args.reps or (15 if args.quick else 60)
-    result: dict = {"environment": environment(), "rows": args.rows, "reps": reps, "vocabularies": {}}
+    env = environment()
+    env["malloc"] = "glibc defaults" if args.system_malloc else " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
+    result: dict = {"environment": env, "rows": args.rows, "reps": reps, "vocabularies": {}}
     for vocab in args.vocab:
         timings = time_all(args.rows, vocab, reps, args.device)
         ratios = {pt: timings[pt]["median_ms"] / timings[kd]["median_ms"] for pt, kd in PAIRS.items()}

@@ -61,15 +61,26 @@ def _horner(u: Tensor, coef: Tensor) -> Tensor:
     return acc
 
 
+def _softmax_parts(logits: Tensor, inv_t: Tensor) -> tuple[Tensor, Tensor]:
+    """(probabilities, log-probabilities) of logits * inv_t with one exp per element.
+
+    -inf logits are clamped to the most negative float: probability 0, finite log-probability, so
+    0 * log-ratio stays 0 (a masked teacher vocabulary entry is allowed).
+    """
+    z = (logits * inv_t).clamp(min=torch.finfo(logits.dtype).min)
+    shifted = z - z.amax(dim=-1, keepdim=True)
+    exp = shifted.exp()
+    total = exp.sum(dim=-1, keepdim=True)
+    return exp / total, shifted - total.log()
+
+
 def functional_rows(
     s: Tensor, t: Tensor, inv_t: Tensor, r_coef: Tensor | None, d_coef: Tensor | None, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
     """Per-row value (without T^2) and, if asked, d value / d (s/T). Reference and compile target."""
-    ls = torch.log_softmax(s * inv_t, dim=-1)
-    lt = torch.log_softmax(t * inv_t, dim=-1).clamp(min=torch.finfo(s.dtype).min)  # teacher -inf is fine
-    q = lt.exp()
-    p = ls.exp()
-    terms = q * (lt - ls)
+    p, log_p = _softmax_parts(s, inv_t)
+    q, log_q = _softmax_parts(t, inv_t)
+    terms = q * (log_q - log_p)
     if r_coef is not None:
         u = 1 - p
         terms = terms + q * u * _horner(u, r_coef)
@@ -152,7 +163,8 @@ def _eager_all(s: Tensor, t: Tensor, temperature: float, epsilon: Tensor | None,
 def _compiled_kernel():
     with _lock:
         if _state["compiled"] is None:
-            _state["compiled"] = torch.compile(functional_rows, dynamic=True)
+            # automatic dynamic shapes: the first call specialises, a new row count recompiles once
+            _state["compiled"] = torch.compile(functional_rows)
     return _state["compiled"]
 
 
