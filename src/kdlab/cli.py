@@ -1,11 +1,13 @@
-"""The ``kdlab`` command (typer + rich): a thin layer over the Python API."""
+"""The ``kdlab`` command (typer + rich): a thin layer over the Python API (``kdlab.engine``)."""
 
 from __future__ import annotations
 
 import inspect
 import sys
+from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -16,7 +18,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes get the whole table
+
+
+def _main_process() -> bool:
+    """Under torchrun/accelerate launch only rank 0 prints tables."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+CONFIG = typer.Argument(..., help="YAML run configuration.", show_default=False)
+SET = typer.Option(None, "--set", help="Override a config value: --set train.epochs=3 (repeatable).")
+RESUME = typer.Option(False, "--resume", help="Continue the run in `out` from its last checkpoint.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing run directory.")
 
 
 def _version(value: bool) -> None:
@@ -53,29 +68,126 @@ def _losses_table() -> Table:
     return table
 
 
+def summary_table(rows: list[dict], title: str) -> Table:
+    """One row per run: what it was and how it did on the test split."""
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("run", "model", "method", "params", "test acc", "NLL", "ECE", "agree", "KL t‖s", "sec"):
+        table.add_column(column, justify="left" if column in ("run", "model", "method") else "right", no_wrap=True)
+
+    def fmt(metrics: dict, key: str, digits: int = 3) -> str:
+        return f"{metrics[key]:.{digits}f}" if key in metrics else "-"
+
+    for row in rows:
+        test = row["test"]
+        table.add_row(
+            row["name"],
+            row["model"],
+            row["method"].split("(")[0],
+            f"{row['parameters']:,}",
+            fmt(test, "accuracy", 4),
+            fmt(test, "nll"),
+            fmt(test, "ece"),
+            fmt(test, "agreement"),
+            fmt(test, "kl_teacher"),
+            f"{row['wall_seconds']:.0f}",
+        )
+    return table
+
+
 @app.command("losses")
-def losses_command() -> None:
+def losses_command(
+    example: bool = typer.Option(False, "--example", help="Also run the proxy-teacher worked example."),
+) -> None:
     """List the registered losses and their hyper-parameters."""
     console.print(_losses_table())
+    if example:
+        from kdlab.demo import run_loss_demo
+
+        run_loss_demo(console)
+
+
+@app.command("methods")
+def methods_command() -> None:
+    """List the registered distillation methods and their hyper-parameters."""
+    from kdlab import methods
+
+    table = Table(title="Distillation methods (method: {name: ..., ...} in a config)")
+    table.add_column("name", style="bold cyan")
+    table.add_column("hyper-parameters (defaults)")
+    for name in methods.available():
+        fields = methods.get_class(name).Params.model_fields
+        table.add_row(
+            name,
+            ", ".join(
+                f"{k}={f.default if f.default_factory is None else f.default_factory()}" for k, f in fields.items()
+            ),
+        )
+    console.print(table)
+
+
+@app.command("train")
+def train_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool = RESUME, overwrite: bool = OVERWRITE):
+    """Train a model with cross-entropy (e.g. a teacher)."""
+    from kdlab.engine import train
+
+    summary = train(config, set_, resume=resume, overwrite=overwrite)
+    if _main_process():
+        console.print(summary_table([summary], f"trained: {summary['name']}"))
+
+
+@app.command("distill")
+def distill_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool = RESUME, overwrite: bool = OVERWRITE):
+    """Distil a student from a teacher with the config's method."""
+    from kdlab.engine import distill
+
+    summary = distill(config, set_, resume=resume, overwrite=overwrite)
+    if _main_process():
+        console.print(summary_table([summary], f"distilled: {summary['name']}"))
+
+
+@app.command("cache-logits")
+def cache_logits_command(config: Path = CONFIG, set_: list[str] = SET):
+    """Run the teacher once over the data and store its logits for later distillation runs."""
+    from kdlab.engine import cache_logits
+
+    path = cache_logits(config, set_)
+    console.print(f"teacher logits cached in {path}")
+
+
+@app.command("evaluate")
+def evaluate_command(run_dir: Path = typer.Argument(..., help="A finished run directory.")):
+    """Recompute a finished run's metrics on val and test (writes evaluation.json)."""
+    from kdlab.engine import evaluate
+
+    result = evaluate(run_dir)
+    table = Table(title=f"evaluation of {run_dir}")
+    table.add_column("split")
+    keys = list(result["test"])
+    for key in keys:
+        table.add_column(key, justify="right")
+    for split in ("val", "test"):
+        table.add_row(split, *(f"{result[split][k]:.4f}" for k in keys))
+    console.print(table)
 
 
 @app.command("demo")
 def demo_command(
-    seed: int = typer.Option(0, help="Random seed of the synthetic example."),
-    candidates: int = typer.Option(64, min=1, help="Number of random epsilon candidates to score."),
+    out: Path = typer.Option(Path("runs/demo"), help="Where the demo's runs go (replaced on each demo)."),
 ) -> None:
-    """Run the main demonstration on built-in synthetic data (no download)."""
-    from kdlab.demo import run_loss_demo
+    """Train a teacher and CE, KD and PTLoss students on the embedded digits data; print the comparison."""
+    from kdlab.demo import run_demo
 
-    console.print(_losses_table())
-    run_loss_demo(console, seed=seed, candidates=candidates)
+    rows = run_demo(out, console)
+    console.print(summary_table(rows, "kdlab demo: scikit-learn digits, test split"))
 
 
 def main() -> None:
     """Entry point: a user error becomes one red line and exit code 2, never a traceback."""
+    from kdlab.engine import TrainingError
+
     try:
         app()
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, TrainingError) as err:
         console.print(f"[bold red]error:[/] {err}")
         sys.exit(2)
 

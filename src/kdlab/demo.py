@@ -91,3 +91,42 @@ def run_loss_demo(console: Console, seed: int = 0, candidates: int = 64, rows: i
         "not the teacher."
     )
     return results
+
+
+DEMO_TEACHER = {
+    "model": {"name": "cnn", "kwargs": {"width": 32}},
+    "train": {"epochs": 20, "batch_size": 64, "optimizer": {"lr": 0.05}},
+}
+DEMO_STUDENT = {
+    "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+    "train": {"epochs": 30, "batch_size": 64, "optimizer": {"lr": 0.05}},
+}
+DEMO_METHODS = {
+    "ce": {"name": "ce"},
+    "kd": {"name": "kd", "temperature": 4.0, "alpha": 0.1, "beta": 0.9},
+    "ptloss": {"name": "ptloss", "temperature": 4.0, "alpha": 0.1, "beta": 0.9, "epsilon": [-0.2, 0.1, 0.05]},
+}
+
+
+def run_demo(out, console: Console, seed: int = 0) -> list[dict[str, object]]:
+    """Teacher (CNN) then CE, KD and PTLoss students (MLP) on digits; returns the four run summaries."""
+    from pathlib import Path
+
+    from kdlab.engine import distill, train
+
+    out = Path(out)
+    base = {"seed": seed, "data": {"name": "digits"}}
+    console.rule("teacher: CNN trained with cross-entropy")
+    rows = [train({**base, **DEMO_TEACHER, "name": "teacher", "out": str(out / "teacher")}, overwrite=True)]
+    for name, method in DEMO_METHODS.items():
+        console.rule(f"student: MLP with {name}")
+        cfg = {
+            **base,
+            **DEMO_STUDENT,
+            "name": name,
+            "out": str(out / f"student-{name}"),
+            "method": method,
+            "teacher": {"run": str(out / "teacher")},
+        }
+        rows.append(distill(cfg, overwrite=True))
+    return rows

@@ -21,8 +21,8 @@ from ._common import (
 
 
 def _kl_terms(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
-    """sum p (log p - log q) with 0 · anything = 0 (masked entries have p = 0 and log = -inf)."""
-    return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
+    """sum p (log p - log q), with finite logs so that entries of p = 0 add exactly 0 (gradients included)."""
+    return (p * (log_p - log_q)).sum(-1)
 
 
 def dkd_terms(
@@ -43,10 +43,13 @@ def dkd_terms(
     # binary (target, rest) distributions in log space
     log_b_s = torch.stack([zs.gather(-1, g).squeeze(-1) - lse_s, lse_rest_s - lse_s], dim=-1)
     log_b_t = torch.stack([zt.gather(-1, g).squeeze(-1) - lse_t, lse_rest_t - lse_t], dim=-1)
+    lowest = torch.finfo(dtype).min
+    log_b_s, log_b_t = log_b_s.clamp(min=lowest), log_b_t.clamp(min=lowest)  # a one-hot teacher gives log 0
     tckd = _kl_terms(log_b_t.exp(), log_b_t, log_b_s)
-    log_hat_s = rest_s - lse_rest_s.unsqueeze(-1)
-    log_hat_t = rest_t - lse_rest_t.unsqueeze(-1)
-    nckd = _kl_terms(log_hat_t.exp(), log_hat_t, log_hat_s)
+    # the target entry of the non-target distributions is -inf; set it to 0 (its probability is exactly 0)
+    log_hat_s = (rest_s - lse_rest_s.unsqueeze(-1)).masked_fill(onehot, 0.0)
+    log_hat_t = (rest_t - lse_rest_t.unsqueeze(-1)).masked_fill(onehot, 0.0)
+    nckd = _kl_terms(log_hat_t.exp().masked_fill(onehot, 0.0), log_hat_t, log_hat_s)
     scale = temperature**2
     return tckd * scale, nckd * scale
 

@@ -1,0 +1,194 @@
+"""The run configuration: pydantic models of the YAML file. Unknown keys are errors (typos must not pass).
+
+A config is a YAML path, a dict, or a ``RunConfig``; ``--set key.sub=value`` overrides are applied
+to the raw mapping before validation, values parsed as YAML (``--set train.epochs=3``,
+``--set method.epsilon=[0.1,0.2]``). Every problem becomes one ``ConfigError`` line naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad configuration file, key or value (reported as one line, exit code 2)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AugmentConfig(_Strict):
+    crop_padding: int = Field(0, ge=0)
+    hflip: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_padding > 0 or self.hflip
+
+
+class DataConfig(_Strict):
+    name: str = "digits"
+    path: str | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    download: bool = True
+    label_column: str | int = -1
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ModelConfig(_Strict):
+    name: str = "mlp"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TeacherConfig(_Strict):
+    """A finished run directory (``run``), or a model definition plus a safetensors file (``weights``)."""
+
+    run: str | None = None
+    model: ModelConfig | None = None
+    weights: str | None = None
+    checkpoint_epoch: int | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherConfig:
+        explicit = self.model is not None or self.weights is not None
+        if (self.run is not None) == explicit or (explicit and (self.model is None or self.weights is None)):
+            raise ValueError("give either teacher.run, or teacher.model and teacher.weights")
+        return self
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class SchedulerConfig(_Strict):
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[float] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    max_grad_norm: float | None = Field(None, gt=0)
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    keep_epoch_checkpoints: list[int] = Field(default_factory=list)
+    log_every_steps: int = Field(50, ge=1)
+    nan_policy: Literal["stop", "skip"] = "stop"
+    cpu: bool = False
+    progress: bool = True
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+
+
+class MethodConfig(BaseModel):
+    """``name`` plus the method's own hyper-parameters (validated by the method's ``Params`` model)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "ce"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class CacheConfig(_Strict):
+    use: Literal["auto", "never", "require"] = "auto"
+    path: str | None = None
+    topk: int | None = Field(None, ge=1)
+
+
+class TrackingConfig(_Strict):
+    tensorboard: bool = False
+    mlflow: bool = False
+    mlflow_uri: str | None = None
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    out: str = "runs/run"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    teacher: TeacherConfig | None = None
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    cache: CacheConfig = CacheConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key.sub=value, got {item!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        _set_path(raw, key.strip(), value)
+    return raw
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"config: unknown key {where!r}"
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"config: {where}: {first['msg']}{shown}{more}"
+
+
+def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None) -> RunConfig:
+    """Read and validate a run configuration; raise ``ConfigError`` with one clear line on any problem."""
+    if isinstance(source, RunConfig):
+        raw = source.model_dump(mode="json")
+    elif isinstance(source, dict):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must contain a mapping at the top level")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

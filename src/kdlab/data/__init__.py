@@ -1,0 +1,19 @@
+"""kdlab.data: whole data sets as in-memory tensors (digits, MNIST/Fashion-MNIST, CIFAR, .npz, CSV),
+a seeded validation carve, train-only normalisation, a fingerprint for caches, and vectorised augmentations."""
+
+from .augment import augment, random_crop, random_hflip
+from .errors import DataError
+from .idx import read_idx
+from .load import KNOWN_DATASETS, load_dataset
+from .splits import DataSplits
+
+__all__ = [
+    "KNOWN_DATASETS",
+    "DataError",
+    "DataSplits",
+    "augment",
+    "load_dataset",
+    "random_crop",
+    "random_hflip",
+    "read_idx",
+]

@@ -1,0 +1,261 @@
+"""One call per command: ``train``, ``distill``, ``cache_logits``, ``evaluate`` (what the CLI and users call).
+
+Each takes a config (YAML path, dict or ``RunConfig``) and writes the run directory of DESIGN §3.4:
+config.yaml (resolved), metrics.jsonl, checkpoints/, model.safetensors and, last, summary.json — a run
+directory is complete exactly when summary.json exists.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from torch import nn
+
+import kdlab
+from kdlab import models
+from kdlab.config import ConfigError, RunConfig, dump_config, load_config
+from kdlab.io import atomic_write_json, atomic_write_text
+from kdlab.methods import build as build_method
+
+from .logit_cache import CacheError, read_cache, write_cache
+from .loop import Splits, evaluate_split, fit
+from .predict import predict
+from .teacher import load_teacher, resolve_teacher
+
+SUMMARY = "summary.json"
+
+
+def load_data(cfg: RunConfig):
+    from kdlab.data import load_dataset
+
+    d = cfg.data
+    return load_dataset(
+        d.name,
+        path=d.path,
+        val_fraction=d.val_fraction,
+        seed=cfg.seed,
+        download=d.download,
+        label_column=d.label_column,
+    )
+
+
+def build_student(cfg: RunConfig, data) -> nn.Module:
+    return models.create(cfg.model.name, data.num_classes, tuple(data.in_shape), **cfg.model.kwargs)
+
+
+def _prepare_out(out: Path, resume: bool, overwrite: bool, acc: Accelerator) -> None:
+    if acc.is_main_process:
+        if out.exists() and any(out.iterdir()) and not resume:
+            if not overwrite:
+                state = "a finished run" if (out / SUMMARY).exists() else "an unfinished run (use --resume)"
+                raise ConfigError(f"run directory {out} already holds {state}; pass --overwrite or choose another out")
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SUMMARY).unlink(missing_ok=True)
+    acc.wait_for_everyone()
+
+
+def _use_cpu(cfg: RunConfig) -> bool:
+    """CPU when asked or when there is no GPU; Accelerate then runs torchrun's processes with gloo."""
+    return cfg.train.cpu or not torch.cuda.is_available()
+
+
+def _accelerator(cfg: RunConfig, out: Path) -> Accelerator:
+    trackers = [name for name, on in (("tensorboard", cfg.tracking.tensorboard), ("mlflow", cfg.tracking.mlflow)) if on]
+    if cfg.tracking.mlflow:
+        import os
+
+        os.environ.setdefault("MLFLOW_TRACKING_URI", cfg.tracking.mlflow_uri or f"sqlite:///{out.resolve()}/mlflow.db")
+    return Accelerator(
+        cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision, log_with=trackers or None, project_dir=str(out)
+    )
+
+
+def _teacher_and_cache(cfg: RunConfig, data, acc: Accelerator) -> tuple[nn.Module | None, dict | None, str]:
+    """The live teacher, or cached logits when a valid cache exists and augmentation is off."""
+    source = resolve_teacher(cfg.teacher)
+    cache_file = _cache_file(cfg, source, data)
+    augmenting = cfg.data.augment.enabled
+    if cfg.cache.use == "require":
+        if augmenting:
+            raise ConfigError("cache.use=require with data augmentation: cached logits cannot follow augmented inputs")
+        if not cache_file.is_file():
+            raise CacheError(f"no logit cache at {cache_file}; run `kdlab cache-logits CONFIG` first")
+    if cfg.cache.use != "never" and not augmenting and cache_file.is_file():
+        cached = read_cache(cache_file, data.fingerprint, source.fingerprint())
+        return None, cached, f"cached logits {cache_file}"
+    teacher = load_teacher(source, data.num_classes, tuple(data.in_shape))
+    return teacher, None, f"{source.model_cfg.name} from {source.weights}"
+
+
+def _cache_file(cfg: RunConfig, source, data) -> Path:
+    if cfg.cache.path:
+        return Path(cfg.cache.path)
+    return source.directory / f"logits-{data.fingerprint[:16]}.safetensors"
+
+
+def _splits(data) -> Splits:
+    return Splits(data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test, data.num_classes)
+
+
+def _run(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, callbacks=None) -> dict[str, Any]:
+    wall_start = time.perf_counter()
+    out = Path(cfg.out)
+    if distilling and cfg.teacher is None:
+        raise ConfigError("distill needs a 'teacher' section (teacher.run: DIR, or teacher.model + teacher.weights)")
+    method_cfg = cfg.method if distilling else cfg.method.model_copy(update={"name": "ce"})
+    if not distilling and cfg.method.name != "ce":
+        raise ConfigError(f"train uses plain cross-entropy; method {cfg.method.name!r} needs `kdlab distill`")
+    data = load_data(cfg)
+    method = build_method(method_cfg.name, method_cfg.params(), data.num_classes)
+    acc = _accelerator(cfg, out)
+    _prepare_out(out, resume, overwrite, acc)
+    if acc.is_main_process:
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
+    teacher, cached, teacher_desc = (None, None, None)
+    if distilling and method.needs_teacher:
+        teacher, cached, teacher_desc = _teacher_and_cache(cfg, data, acc)
+    torch.manual_seed(cfg.seed)
+    student = build_student(cfg, data)
+    if acc.trackers is not None and (cfg.tracking.tensorboard or cfg.tracking.mlflow):
+        acc.init_trackers(cfg.name, config=_flat(cfg.model_dump(mode="json")))
+    result = fit(
+        student,
+        _splits(data),
+        method,
+        cfg.train,
+        cfg.train.optimizer,
+        cfg.train.scheduler,
+        out_dir=out,
+        seed=cfg.seed,
+        teacher=teacher,
+        cached_logits=cached,
+        augment_cfg=cfg.data.augment,
+        resume=resume,
+        accelerator=acc,
+        callbacks=callbacks,
+    )
+    summary = {
+        "name": cfg.name,
+        "complete": True,
+        "method": method.describe(),
+        "model": cfg.model.name,
+        "teacher": teacher_desc,
+        "test_accuracy": result.test["accuracy"],
+        "test": result.test,
+        "val": result.val,
+        "epochs": result.epochs,
+        "optimizer_steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "wall_seconds": time.perf_counter() - wall_start,
+        "samples_per_second": result.samples_per_second,
+        "parameters": models.count_parameters(student),
+        "world_size": acc.num_processes,
+        "seed": cfg.seed,
+        "data": {
+            "name": data.name,
+            "fingerprint": data.fingerprint,
+            "train": len(data.y_train),
+            "val": len(data.y_val),
+            "test": len(data.y_test),
+        },
+        "versions": {"kdlab": kdlab.__version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+    if acc.is_main_process:
+        atomic_write_json(out / SUMMARY, summary)
+    if acc.trackers:
+        acc.end_training()
+    return summary
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
+
+
+def train(
+    config, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False, callbacks=None
+) -> dict:
+    """Train ``config.model`` with cross-entropy (e.g. a teacher); returns the run's summary."""
+    cfg = load_config(config, overrides)
+    return _run(cfg, distilling=False, resume=resume, overwrite=overwrite, callbacks=callbacks)
+
+
+def distill(
+    config, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False, callbacks=None
+) -> dict:
+    """Train ``config.model`` from ``config.teacher`` with ``config.method``; returns the run's summary.
+
+    ``callbacks``: callables receiving a ``StepInfo`` after every optimizer step.
+    """
+    cfg = load_config(config, overrides)
+    return _run(cfg, distilling=True, resume=resume, overwrite=overwrite, callbacks=callbacks)
+
+
+def cache_logits(config, overrides: list[str] | None = None) -> Path:
+    """Run the teacher once over train/val/test and store its logits next to it (or at cache.path)."""
+    cfg = load_config(config, overrides)
+    if cfg.teacher is None:
+        raise ConfigError("cache-logits needs a 'teacher' section")
+    data = load_data(cfg)
+    source = resolve_teacher(cfg.teacher)
+    teacher = load_teacher(source, data.num_classes, tuple(data.in_shape))
+    acc = Accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
+    teacher = teacher.to(acc.device)
+    splits = {
+        split: predict(teacher, getattr(data, f"x_{split}"), data.num_classes, cfg.train.eval_batch_size, acc)
+        for split in ("train", "val", "test")
+    }
+    path = _cache_file(cfg, source, data)
+    if acc.is_main_process:
+        write_cache(path, splits, data.fingerprint, source.fingerprint(), cfg.cache.topk)
+    acc.wait_for_everyone()
+    return path
+
+
+def evaluate(run_dir: str | Path) -> dict[str, Any]:
+    """Metrics of a finished run's model on val and test (with the teacher when the run had one)."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file() or not (run / "model.safetensors").is_file():
+        raise ConfigError(f"{run} is not a finished kdlab run directory (config.yaml and model.safetensors needed)")
+    cfg = load_config(run / "config.yaml")
+    data = load_data(cfg)
+    student = build_student(cfg, data)
+    student.load_state_dict(load_file(str(run / "model.safetensors")))
+    acc = Accelerator(cpu=True)
+    teacher, cached = None, None
+    if cfg.teacher is not None:
+        try:
+            teacher, cached, _ = _teacher_and_cache(cfg, data, acc)
+        except (ConfigError, CacheError):
+            teacher, cached = None, None
+    student = student.to(acc.device)
+    if teacher is not None:
+        teacher = teacher.to(acc.device)
+    result = {}
+    for split in ("val", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        t_logits = (
+            cached[split]
+            if cached
+            else (
+                predict(teacher, x, data.num_classes, cfg.train.eval_batch_size, acc) if teacher is not None else None
+            )
+        )
+        result[split] = evaluate_split(student, x, y, t_logits, data.num_classes, cfg.train.eval_batch_size, acc)
+    result["parameters"] = models.count_parameters(student)
+    atomic_write_json(run / "evaluation.json", result)
+    return result

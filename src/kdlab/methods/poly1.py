@@ -1,0 +1,24 @@
+"""Poly-1 applied to KD (PTLoss with M = 1): KL + epsilon · sum_k p_t,k (1 - p_s,k)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import Tensor
+
+from kdlab.losses import poly1_kd
+
+from .base import register
+from .weighted import WeightedKDMethod, WeightedParams
+
+
+class Poly1Params(WeightedParams):
+    temperature: float = Field(1.0, gt=0)
+    epsilon: float = 1.0
+
+
+@register("poly1")
+class Poly1Method(WeightedKDMethod):
+    Params = Poly1Params
+
+    def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
+        return poly1_kd(student_logits, teacher_logits, self.params.epsilon, self.params.temperature)

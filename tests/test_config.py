@@ -1,0 +1,67 @@
+"""Run configuration: strict keys, overrides, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdlab.config import ConfigError, load_config
+from kdlab.methods import build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_overrides_are_typed():
+    cfg = load_config({}, ["train.epochs=3", "method.name=ptloss", "method.epsilon=[0.1, -0.2]", "data.name=mnist"])
+    assert cfg.train.epochs == 3 and cfg.data.name == "mnist"
+    assert cfg.method.name == "ptloss" and cfg.method.params() == {"epsilon": [0.1, -0.2]}
+    assert cfg.train.optimizer.name == "sgd"
+
+
+@pytest.mark.parametrize(
+    ("raw", "overrides", "message"),
+    [
+        ({"train": {"epohcs": 3}}, [], "unknown key 'train.epohcs'"),
+        ({"train": {"epochs": "ten"}}, [], "train.epochs: Input should be a valid integer"),
+        ({"train": {"epochs": 0}}, [], "train.epochs"),
+        ({}, ["train.optimizer.name=adam"], "train.optimizer.name"),
+        ({}, ["nonsense"], "--set expects key.sub=value"),
+        ({"teacher": {"run": "x", "weights": "y"}}, [], "either teacher.run"),
+        ({"data": {"augment": {"crop_padding": -1}}}, [], "data.augment.crop_padding"),
+    ],
+)
+def test_bad_configs_are_one_clear_line(raw, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")) as info:
+        load_config(raw, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_method_parameters_are_validated_by_the_method():
+    with pytest.raises(ConfigError, match=r"unknown key 'method\.temprature'"):
+        build("kd", {"temprature": 2.0}, 10)
+    with pytest.raises(ConfigError, match="unknown method 'kdd'"):
+        build("kdd", {}, 10)
+    with pytest.raises(ConfigError, match=r"method\.gamma"):
+        build("focal", {"gamma": -1}, 10)
+    assert build("dkd", {"beta": 2.0}, 10).params.beta == 2.0
+
+
+def test_shipped_configs_validate():
+    files = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert len(files) >= 6
+    for path in files:
+        cfg = load_config(path)
+        build(cfg.method.name, cfg.method.params(), 10)

@@ -1,0 +1,118 @@
+"""A SIGKILLed distillation resumes to the same weights; 2 processes (torchrun, gloo) match 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdlab.engine import distill, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _teacher(root: Path) -> Path:
+    out = root / "teacher"
+    train(
+        {
+            "out": str(out),
+            "data": {"name": "digits"},
+            "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
+            "train": {"epochs": 2, "batch_size": 64, "progress": False},
+        }
+    )
+    return out
+
+
+def _student(out: Path, teacher: Path, **train_extra) -> dict:
+    return {
+        "out": str(out),
+        "seed": 3,
+        "data": {"name": "digits", "augment": {"hflip": True}},
+        "model": {"name": "mlp", "kwargs": {"hidden": [32], "dropout": 0.2}},
+        "teacher": {"run": str(teacher)},
+        "method": {"name": "ptloss", "epsilon": [0.2, -0.1], "temperature": 2.0},
+        "train": {"epochs": 2, "batch_size": 64, "progress": False, "checkpoint_every_steps": 3, **train_extra},
+    }
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
+    teacher = _teacher(tmp_path)
+    reference = distill(_student(tmp_path / "reference", teacher))
+    cfg = _student(tmp_path / "killed", teacher)
+    script = textwrap.dedent(f"""
+        import os, signal
+        from kdlab.engine import distill
+        def kill(info):
+            if info.global_step == 7:  # mid-epoch, one step after the checkpoint of step 6
+                os.kill(os.getpid(), signal.SIGKILL)
+        distill({cfg!r}, callbacks=[kill])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, done.stderr[-2000:]
+    killed = tmp_path / "killed"
+    assert not (killed / "summary.json").exists()
+    assert (killed / "checkpoints" / "latest").read_text().startswith("step-000000006")
+    resumed = distill(cfg, resume=True)
+    a = load_file(str(tmp_path / "reference" / "model.safetensors"))
+    b = load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed["test"] == reference["test"]
+    epochs = [
+        json.loads(x)["epoch"] for x in (killed / "metrics.jsonl").read_text().splitlines() if "val/accuracy" in x
+    ]
+    assert epochs == [1, 2]  # no duplicated lines after the resume
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun needs a POSIX system")
+def test_two_processes_match_one(tmp_path):
+    teacher = _teacher(tmp_path)
+    cfg = _student(tmp_path / "one", teacher)
+    cfg["model"]["kwargs"]["dropout"] = 0.0  # dropout draws differ per process; the rest must not
+    cfg["data"]["augment"] = {"hflip": False}
+    one = distill(cfg)
+    config = tmp_path / "two.yaml"
+    config.write_text(json.dumps(dict(cfg, out=str(tmp_path / "two"))))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "kdlab.cli",
+            "distill",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert two["optimizer_steps"] == one["optimizer_steps"]
+    for key in ("accuracy", "nll", "agreement", "kl_teacher"):
+        assert abs(two["test"][key] - one["test"][key]) < 0.01, key
