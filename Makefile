@@ -33,10 +33,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks
 
 bench-quick: $(STAMP)
-	$(PY) benchmarks/loss_speed.py --quick
+	$(PY) benchmarks/loss_speed.py --quick --vocab 1000 32000 --out benchmarks/results/quick/loss_speed
+	$(PY) benchmarks/engine_overhead.py --quick --out benchmarks/results/quick/engine_overhead
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py
+	$(PY) benchmarks/engine_overhead.py
+	$(PY) benchmarks/fmnist_ready_configs.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -188,7 +188,7 @@ def main() -> None:
     try:
         app()
     except (ValueError, FileNotFoundError, TrainingError) as err:
-        console.print(f"[bold red]error:[/] {err}")
+        Console(stderr=True, width=console.width).print(f"[bold red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)
 
 

@@ -132,10 +132,12 @@ def fit(
     if micro_steps == 0:
         raise ConfigError(f"train.batch_size={cfg.batch_size} exceeds the {len(data.y_train)} training rows")
     windows = [min(cfg.grad_accum, micro_steps - s) for s in range(0, micro_steps, cfg.grad_accum)]
-    optimizer = build_optimizer(student, optimizer_cfg)
-    scheduler = build_scheduler(optimizer, len(windows), cfg.epochs, scheduler_cfg)
-    student, optimizer = acc.prepare(student, optimizer)
+    student = acc.prepare(student)  # DDP and device placement; the same Parameter objects as before
     raw_student = acc.unwrap_model(student)
+    optimizer = build_optimizer(raw_student, optimizer_cfg)
+    scheduler = build_scheduler(optimizer, len(windows), cfg.epochs, scheduler_cfg)
+    scaler = acc.scaler  # a GradScaler for fp16 on GPU, else None
+    autocast = acc.autocast if acc.mixed_precision != "no" else contextlib.nullcontext
     if teacher is not None:
         teacher = teacher.to(acc.device).eval().requires_grad_(False)
     device_data = {
@@ -151,7 +153,7 @@ def fit(
             return None
         if index is None:
             return predict(teacher, x, data.num_classes, cfg.eval_batch_size, acc)
-        with torch.inference_mode(), acc.autocast():
+        with torch.inference_mode(), autocast():
             out = teacher(x).float()
         return out.clone()  # a normal tensor, so losses may save it for backward
 
@@ -188,7 +190,7 @@ def fit(
                 t_logits = teacher_logits("train", x, index) if need_teacher else None
                 state = StepState(epoch, global_step, cfg.epochs, epoch + step / micro_steps)
                 with contextlib.nullcontext() if sync else acc.no_sync(student):
-                    with acc.autocast():
+                    with autocast():
                         s_logits = student(x)
                     terms = method.compute(batch, s_logits.float(), t_logits, state)
                     loss = sum(terms.values())
@@ -205,15 +207,21 @@ def fit(
                             )
                         optimizer.zero_grad(set_to_none=True)
                         continue
-                    acc.backward(loss / window)
+                    (loss / window if scaler is None else scaler.scale(loss / window)).backward()
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
                 counted += 1
                 seen += len(y) * world
                 if sync:
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)
                     if cfg.max_grad_norm:
-                        acc.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
+                        torch.nn.utils.clip_grad_norm_(raw_student.parameters(), cfg.max_grad_norm)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     global_step += 1
@@ -237,7 +245,9 @@ def fit(
                             Position(epoch, step + 1, global_step, log.offset()),
                         )
                     for callback in callbacks or []:
-                        callback(StepInfo(epoch, step + 1, global_step, {k: float(v) for k, v in terms.items()}))
+                        callback(
+                            StepInfo(epoch, step + 1, global_step, {k: float(v.detach()) for k, v in terms.items()})
+                        )
                 progress.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {float(loss.detach()):.4f}")
             val = evaluate_split(
                 raw_student,

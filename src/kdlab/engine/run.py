@@ -7,6 +7,7 @@ directory is complete exactly when summary.json exists.
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import shutil
 import time
@@ -69,10 +70,16 @@ def _use_cpu(cfg: RunConfig) -> bool:
 
 def _accelerator(cfg: RunConfig, out: Path) -> Accelerator:
     trackers = [name for name, on in (("tensorboard", cfg.tracking.tensorboard), ("mlflow", cfg.tracking.mlflow)) if on]
-    if cfg.tracking.mlflow:
+    for name in trackers:
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"tracking.{name} needs the tracking extra: pip install 'kdlab[tracking]'")
+    if cfg.tracking.mlflow:  # a local sqlite store in the run directory unless told otherwise
         import os
 
-        os.environ.setdefault("MLFLOW_TRACKING_URI", cfg.tracking.mlflow_uri or f"sqlite:///{out.resolve()}/mlflow.db")
+        import mlflow
+
+        default = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out.resolve()}/mlflow.db"
+        mlflow.set_tracking_uri(cfg.tracking.mlflow_uri or default)
     return Accelerator(
         cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision, log_with=trackers or None, project_dir=str(out)
     )
