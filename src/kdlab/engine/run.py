@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from torch import nn
 
@@ -80,9 +81,17 @@ def _accelerator(cfg: RunConfig, out: Path) -> Accelerator:
 
         default = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out.resolve()}/mlflow.db"
         mlflow.set_tracking_uri(cfg.tracking.mlflow_uri or default)
-    return Accelerator(
+    return _new_accelerator(
         cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision, log_with=trackers or None, project_dir=str(out)
     )
+
+
+def _new_accelerator(**kwargs) -> Accelerator:
+    """A fresh Accelerator per run: Accelerate keeps one global state per process (mixed precision, ...),
+    which would make a second run in the same Python process with other settings fail. The process
+    group (torchrun/accelerate launch) is kept."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(**kwargs)
 
 
 def _teacher_and_cache(cfg: RunConfig, data, acc: Accelerator) -> tuple[nn.Module | None, dict | None, str]:
@@ -220,7 +229,7 @@ def cache_logits(config, overrides: list[str] | None = None) -> Path:
     data = load_data(cfg)
     source = resolve_teacher(cfg.teacher)
     teacher = load_teacher(source, data.num_classes, tuple(data.in_shape))
-    acc = Accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
+    acc = _new_accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
     teacher = teacher.to(acc.device)
     splits = {
         split: predict(teacher, getattr(data, f"x_{split}"), data.num_classes, cfg.train.eval_batch_size, acc)
@@ -242,7 +251,7 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
     data = load_data(cfg)
     student = build_student(cfg, data)
     student.load_state_dict(load_file(str(run / "model.safetensors")))
-    acc = Accelerator(cpu=True)
+    acc = _new_accelerator(cpu=True)
     teacher, cached = None, None
     if cfg.teacher is not None:
         try:
