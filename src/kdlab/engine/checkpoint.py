@@ -68,13 +68,10 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     atomic_write_text(root / "latest", name + "\n")
-    for old in sorted(p for p in root.glob("step-*") if p.name != name)[: max(0, _count(root) - keep)]:
+    older = sorted(p for p in root.glob("step-*") if p.name != name)  # names sort by step
+    for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _count(root: Path) -> int:
-    return sum(1 for _ in root.glob("step-*"))
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -39,7 +39,8 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class Splits:
-    """Whole data splits as tensors (features, int64 labels); anything with these fields works."""
+    """Whole data splits as tensors (features, int64 labels) for your own data; ``kdlab.data.DataSplits``
+    and anything else with these fields works too."""
 
     x_train: Tensor
     y_train: Tensor

@@ -27,7 +27,7 @@ from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.methods import build as build_method
 
 from .logit_cache import CacheError, read_cache, write_cache
-from .loop import Splits, evaluate_split, fit
+from .loop import evaluate_split, fit
 from .predict import predict
 from .teacher import load_teacher, resolve_teacher
 
@@ -117,10 +117,6 @@ def _cache_file(cfg: RunConfig, source, data) -> Path:
     return source.directory / f"logits-{data.fingerprint[:16]}.safetensors"
 
 
-def _splits(data) -> Splits:
-    return Splits(data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test, data.num_classes)
-
-
 def _run(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, callbacks=None) -> dict[str, Any]:
     wall_start = time.perf_counter()
     out = Path(cfg.out)
@@ -144,7 +140,7 @@ def _run(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, cal
         acc.init_trackers(cfg.name, config=_flat(cfg.model_dump(mode="json")))
     result = fit(
         student,
-        _splits(data),
+        data,
         method,
         cfg.train,
         cfg.train.optimizer,
