@@ -154,6 +154,35 @@ def cache_logits_command(config: Path = CONFIG, set_: list[str] = SET):
     console.print(f"teacher logits cached in {path}")
 
 
+@app.command("select-ptloss")
+def select_ptloss_command(
+    config: Path = CONFIG,
+    set_: list[str] = SET,
+    output: Path = typer.Option(None, help="Where the JSON and PNG go (default: <out>-ptloss-selection/)."),
+    top: int = typer.Option(10, min=1, help="Rows of the table."),
+):
+    """Choose PTLoss's epsilon through the proxy teacher on the validation split (no student training)."""
+    from kdlab.engine import select_ptloss
+
+    selection, out = select_ptloss(config, set_, output)
+    table = Table(title=f"PTLoss epsilon candidates, best first (score: {selection.metric}, T={selection.temperature})")
+    for column in ("rank", "#", "epsilon", "L2", "TV", "NLL", "ECE", "acc"):
+        table.add_column(column, justify="left" if column == "epsilon" else "right")
+    for rank, i in enumerate(selection.ranked()[:top], start=1):
+        s = selection.scores[i]
+        eps = selection.candidates[i]
+        shown = ", ".join(f"{x:+.3f}" for x in eps.tolist()) if eps.dim() == 1 else f"per-class {tuple(eps.shape)}"
+        name = f"{i}" + (" (KD)" if i == 0 else "")
+        table.add_row(str(rank), name, shown, *(f"{s[k]:.4f}" for k in ("l2", "tv", "nll", "ece", "accuracy")))
+    if _main_process():
+        console.print(table)
+        kd_rank = selection.ranked().index(0) + 1
+        console.print(
+            f"chosen: candidate {selection.index}; plain KD (eps = 0) ranks {kd_rank} of "
+            f"{len(selection.scores)}. Written: {out / 'ptloss_selection.json'}, {out / 'ptloss_selection.png'}"
+        )
+
+
 @app.command("evaluate")
 def evaluate_command(run_dir: Path = typer.Argument(..., help="A finished run directory.")):
     """Recompute a finished run's metrics on val and test (writes evaluation.json)."""

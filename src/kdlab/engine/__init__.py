@@ -2,6 +2,17 @@
 
 from .logit_cache import CacheError
 from .loop import FitResult, Splits, TrainingError, fit
-from .run import cache_logits, distill, evaluate, train
+from .run import cache_logits, distill, evaluate, select_ptloss, train
 
-__all__ = ["CacheError", "FitResult", "Splits", "TrainingError", "cache_logits", "distill", "evaluate", "fit", "train"]
+__all__ = [
+    "CacheError",
+    "FitResult",
+    "Splits",
+    "TrainingError",
+    "cache_logits",
+    "distill",
+    "evaluate",
+    "fit",
+    "select_ptloss",
+    "train",
+]

@@ -134,6 +134,8 @@ def _run(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, cal
     teacher, cached, teacher_desc = (None, None, None)
     if distilling and method.needs_teacher:
         teacher, cached, teacher_desc = _teacher_and_cache(cfg, data, acc)
+    if getattr(method, "needs_selection", False):  # ptloss with epsilon: auto
+        write_selection(out, _select_epsilon(method, teacher, cached, data, acc, cfg), acc)
     torch.manual_seed(cfg.seed)
     student = build_student(cfg, data)
     if acc.trackers is not None and (cfg.tracking.tensorboard or cfg.tracking.mlflow):
@@ -185,6 +187,49 @@ def _run(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, cal
     if acc.trackers:
         acc.end_training()
     return summary
+
+
+def _select_epsilon(method, teacher, cached, data, acc: Accelerator, cfg: RunConfig):
+    """Teacher logits on the validation split, then the method's proxy-teacher selection."""
+    if cached is not None:
+        val_logits = cached["val"]
+    else:
+        val_logits = predict(teacher.to(acc.device), data.x_val, data.num_classes, cfg.train.eval_batch_size, acc)
+    return method.select(val_logits.cpu(), data.y_val)
+
+
+def write_selection(out: Path, selection, acc: Accelerator) -> tuple[Path, Path]:
+    """ptloss_selection.json (every candidate and its scores) and ptloss_selection.png, on rank 0."""
+    from kdlab.eval.selection_plot import plot_selection
+
+    json_path, png_path = out / "ptloss_selection.json", out / "ptloss_selection.png"
+    if acc.is_main_process:
+        atomic_write_json(json_path, selection.to_dict())
+        plot_selection(selection, png_path)
+    return json_path, png_path
+
+
+def select_ptloss(config, overrides: list[str] | None = None, output: str | Path | None = None):
+    """``kdlab select-ptloss``: choose ptloss's epsilon for the config's teacher and data; returns the selection.
+
+    The config's ``method`` must be ptloss (its candidates/order/per_class/scale/selection_seed/
+    selection_metric are used; epsilon is treated as auto). Files go to ``output`` (default:
+    ``<out>-ptloss-selection/``) so that the run directory itself stays free for ``distill``.
+    """
+    cfg = load_config(config, overrides)
+    if cfg.method.name != "ptloss":
+        raise ConfigError(f"select-ptloss needs method.name: ptloss, got {cfg.method.name!r}")
+    if cfg.teacher is None:
+        raise ConfigError("select-ptloss needs a 'teacher' section")
+    params = {**cfg.method.params(), "epsilon": "auto"}
+    data = load_data(cfg)
+    method = build_method("ptloss", params, data.num_classes)
+    acc = _new_accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
+    teacher, cached, _ = _teacher_and_cache(cfg, data, acc)
+    selection = _select_epsilon(method, teacher, cached, data, acc, cfg)
+    out = Path(output) if output else Path(f"{cfg.out}-ptloss-selection")
+    write_selection(out, selection, acc)
+    return selection, out
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -14,10 +14,12 @@ from .modules import CrossEntropy, DKDLoss, FocalKD, KDLoss, LabelSmoothingKD, P
 from .proxy import proxy_teacher
 from .ptloss import poly1_kd, ptloss
 from .registry import available, get, register
+from .selection import EpsilonSelection, sample_epsilons, select_ptloss_epsilon
 
 __all__ = [
     "CrossEntropy",
     "DKDLoss",
+    "EpsilonSelection",
     "FocalKD",
     "KDLoss",
     "LabelSmoothingKD",
@@ -36,5 +38,7 @@ __all__ = [
     "proxy_teacher",
     "ptloss",
     "register",
+    "sample_epsilons",
+    "select_ptloss_epsilon",
     "set_backend",
 ]

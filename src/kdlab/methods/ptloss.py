@@ -1,12 +1,14 @@
-"""PTLoss: KD with perturbed Maclaurin coefficients, epsilon given as (M,) or (C, M) numbers."""
+"""PTLoss: KD with perturbed Maclaurin coefficients; epsilon given, or ``auto`` (chosen through the proxy teacher)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from kdlab.losses import ptloss
+from kdlab.losses import EpsilonSelection, ptloss, select_ptloss_epsilon
 
 from .base import register
 from .weighted import WeightedKDMethod, WeightedParams
@@ -14,7 +16,14 @@ from .weighted import WeightedKDMethod, WeightedParams
 
 class PTLossParams(WeightedParams):
     temperature: float = Field(1.0, gt=0)
-    epsilon: list[float] | list[list[float]] = Field(default_factory=lambda: [0.0])
+    epsilon: Literal["auto"] | list[float] | list[list[float]] = Field(default_factory=lambda: [0.0])
+    # used when epsilon is "auto": K candidates of order M, eps_m uniform in [-scale/m, scale/m]
+    candidates: int = Field(64, ge=1)
+    order: int = Field(5, ge=1)
+    per_class: bool = False
+    scale: float = Field(1.0, gt=0, le=1)
+    selection_seed: int = 0
+    selection_metric: Literal["l2", "tv", "nll"] = "l2"
 
 
 @register("ptloss")
@@ -23,7 +32,35 @@ class PTLossMethod(WeightedKDMethod):
 
     def __init__(self, params: PTLossParams, num_classes: int) -> None:
         super().__init__(params, num_classes)
-        self.epsilon = torch.tensor(params.epsilon, dtype=torch.float32)
+        auto = params.epsilon == "auto"
+        self.epsilon: Tensor | None = None if auto else torch.tensor(params.epsilon, dtype=torch.float32)
+
+    @property
+    def needs_selection(self) -> bool:
+        return self.epsilon is None
+
+    def select(self, teacher_logits_val: Tensor, labels_val: Tensor) -> EpsilonSelection:
+        """Choose epsilon on the validation split through the proxy teacher (no student training)."""
+        p = self.params
+        selection = select_ptloss_epsilon(
+            teacher_logits_val,
+            labels_val,
+            temperature=p.temperature,
+            candidates=p.candidates,
+            order=p.order,
+            per_class=p.per_class,
+            scale=p.scale,
+            seed=p.selection_seed,
+            metric=p.selection_metric,
+        )
+        self.epsilon = selection.epsilon.float()
+        return selection
+
+    def describe(self) -> str:
+        chosen = "auto" if self.epsilon is None else [round(x, 4) for x in self.epsilon.flatten().tolist()]
+        return f"ptloss(alpha={self.params.alpha}, beta={self.params.beta}, T={self.params.temperature}, eps={chosen})"
 
     def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
+        if self.epsilon is None:
+            raise RuntimeError("ptloss with epsilon: auto needs select() before training")
         return ptloss(student_logits, teacher_logits, self.epsilon.to(student_logits.device), self.params.temperature)
