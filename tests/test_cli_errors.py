@@ -97,4 +97,4 @@ def test_stale_logit_cache(tmp_path):
     stale = dict(cfg, seed=5)  # another validation split: the cached logits belong to other data
     done = run_cli("distill", str(write(tmp_path, stale)), cwd=tmp_path)
     assert_one_line_error(done, "stale logit cache")
-    assert not (tmp_path / "student" / "summary.json").exists()
+    assert not (tmp_path / "student").exists()  # refused before the run directory was created

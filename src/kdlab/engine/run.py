@@ -94,7 +94,7 @@ def _new_accelerator(**kwargs) -> Accelerator:
     return Accelerator(**kwargs)
 
 
-def _teacher_and_cache(cfg: RunConfig, data, acc: Accelerator) -> tuple[nn.Module | None, dict | None, str]:
+def _teacher_and_cache(cfg: RunConfig, data) -> tuple[nn.Module | None, dict | None, str]:
     """The live teacher, or cached logits when a valid cache exists and augmentation is off."""
     source = resolve_teacher(cfg.teacher)
     cache_file = _cache_file(cfg, source, data)
@@ -128,12 +128,12 @@ def _run(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, cal
     data = load_data(cfg)
     method = build_method(method_cfg.name, method_cfg.params(), data.num_classes)
     acc = _accelerator(cfg, out)
+    teacher, cached, teacher_desc = (None, None, None)
+    if distilling and method.needs_teacher:  # before touching `out`: a bad teacher leaves nothing behind
+        teacher, cached, teacher_desc = _teacher_and_cache(cfg, data)
     _prepare_out(out, resume, overwrite, acc)
     if acc.is_main_process:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
-    teacher, cached, teacher_desc = (None, None, None)
-    if distilling and method.needs_teacher:
-        teacher, cached, teacher_desc = _teacher_and_cache(cfg, data, acc)
     if getattr(method, "needs_selection", False):  # ptloss with epsilon: auto
         write_selection(out, _select_epsilon(method, teacher, cached, data, acc, cfg), acc)
     torch.manual_seed(cfg.seed)
@@ -225,7 +225,7 @@ def select_ptloss(config, overrides: list[str] | None = None, output: str | Path
     data = load_data(cfg)
     method = build_method("ptloss", params, data.num_classes)
     acc = _new_accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
-    teacher, cached, _ = _teacher_and_cache(cfg, data, acc)
+    teacher, cached, _ = _teacher_and_cache(cfg, data)
     selection = _select_epsilon(method, teacher, cached, data, acc, cfg)
     out = Path(output) if output else Path(f"{cfg.out}-ptloss-selection")
     write_selection(out, selection, acc)
@@ -296,7 +296,7 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
     teacher, cached = None, None
     if cfg.teacher is not None:
         try:
-            teacher, cached, _ = _teacher_and_cache(cfg, data, acc)
+            teacher, cached, _ = _teacher_and_cache(cfg, data)
         except (ConfigError, CacheError):
             teacher, cached = None, None
     student = student.to(acc.device)
