@@ -33,8 +33,8 @@ def test_demo_proxy_teacher_is_closer_to_the_truth_than_the_teacher():
     results = run_loss_demo(Console(quiet=True), seed=1, candidates=16, rows=1000)
     teacher, proxy, truth = results["teacher"], results["proxy"], results["truth"]
     assert proxy["kl_truth"] < 0.7 * teacher["kl_truth"]
-    assert proxy["l2_to_labels"] < teacher["l2_to_labels"]
-    assert truth["l2_to_labels"] <= proxy["l2_to_labels"] + 0.02
+    assert proxy["l2"] < teacher["l2"]
+    assert truth["l2"] <= proxy["l2"] + 0.02
     assert results["val_scores"][0] > min(results["val_scores"])  # eps = 0 (the teacher) was not chosen
 
 

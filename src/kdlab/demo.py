@@ -14,24 +14,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from kdlab.losses import kd_loss, proxy_teacher, ptloss
-
-
-def _sample_epsilons(candidates: int, order: int, generator: torch.Generator) -> torch.Tensor:
-    """K candidate epsilons of shape (K, M), eps_m uniform in [-1/m, 1/m], with eps = 0 first."""
-    inv_m = 1.0 / torch.arange(1, order + 1, dtype=torch.float64)
-    draws = (torch.rand(candidates - 1, order, generator=generator, dtype=torch.float64) * 2 - 1) * inv_m
-    return torch.cat([torch.zeros(1, order, dtype=torch.float64), draws])
+from kdlab.losses import kd_loss, proxy_teacher, ptloss, select_ptloss_epsilon
+from kdlab.losses.selection import proxy_scores
 
 
 def _scores(probs: torch.Tensor, labels: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-    onehot = torch.nn.functional.one_hot(labels, probs.shape[-1]).to(probs.dtype)
-    return {
-        "l2_to_labels": ((probs - onehot) ** 2).sum(-1).mean().item(),
-        "nll": -probs.gather(1, labels[:, None]).clamp_min(1e-300).log().mean().item(),
-        "kl_truth": (torch.xlogy(truth, truth) - truth * probs.clamp_min(1e-300).log()).sum(-1).mean().item(),
-        "accuracy": (probs.argmax(-1) == labels).double().mean().item(),
-    }
+    """The selection's scores of a distribution, plus its KL from the (here known) truth."""
+    kl_truth = (torch.xlogy(truth, truth) - truth * probs.clamp_min(1e-300).log()).sum(-1).mean().item()
+    return {**proxy_scores(probs, labels), "kl_truth": kl_truth}
 
 
 def run_loss_demo(console: Console, seed: int = 0, candidates: int = 64, rows: int = 4000) -> dict[str, object]:
@@ -54,14 +44,12 @@ def run_loss_demo(console: Console, seed: int = 0, candidates: int = 64, rows: i
     console.print(f"ptloss(eps=[0.4, -0.2, 0.1, 0.05, -0.1], T=1) = {ptloss(s, t, eps, temperature=1.0).item():.6f}")
 
     console.rule(f"2. choosing epsilon through the proxy teacher ({candidates} candidates, M={order})")
-    epsilons = _sample_epsilons(candidates, order, gen)
     start = time.perf_counter()
-    val_scores = []
-    for e in epsilons:
-        proxy = proxy_teacher(teacher[val], e)
-        val_scores.append(_scores(proxy, labels[val], truth[val])["l2_to_labels"])
-    best = int(torch.tensor(val_scores).argmin())
+    # normalised log-probabilities are logits whose softmax is the teacher itself
+    selection = select_ptloss_epsilon(teacher[val].log(), labels[val], candidates=candidates, order=order, seed=seed)
     seconds = time.perf_counter() - start
+    epsilons, best = selection.candidates, selection.index
+    val_scores = [score["l2"] for score in selection.scores]
 
     table = Table(title=f"held-out rows ({rows - rows // 2}); selection on the other {rows // 2} took {seconds:.2f}s")
     table.add_column("distribution")
@@ -78,7 +66,7 @@ def run_loss_demo(console: Console, seed: int = 0, candidates: int = 64, rows: i
         table.add_row(
             name,
             f"{score:.4f}",
-            f"{held_out['l2_to_labels']:.4f}",
+            f"{held_out['l2']:.4f}",
             f"{held_out['nll']:.4f}",
             f"{held_out['kl_truth']:.4f}",
             f"{held_out['accuracy']:.3f}",

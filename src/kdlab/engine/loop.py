@@ -286,9 +286,16 @@ def fit(
         cfg.eval_batch_size,
         acc,
     )
-    val = evaluate_split(
-        raw_student, device_data["x_val"], device_data["y_val"], val_teacher, data.num_classes, cfg.eval_batch_size, acc
-    )
+    if not history:  # nothing trained in this call (a finished run resumed): the last epoch's metrics are not here
+        val = evaluate_split(
+            raw_student,
+            device_data["x_val"],
+            device_data["y_val"],
+            val_teacher,
+            data.num_classes,
+            cfg.eval_batch_size,
+            acc,
+        )
     if acc.is_main_process:
         save_weights(raw_student, out_dir / "model.safetensors")
     acc.wait_for_everyone()
