@@ -219,7 +219,8 @@ def main() -> None:
             f"vocab {vocab:>6}: ptloss/kd_loss = {ratios['ptloss[auto]']:.2f} (auto backend), "
             f"{ratios['ptloss[eager]']:.2f} (eager), {ratios['ptloss autograd (Horner)']:.2f} (plain autograd); "
             f"kd_loss[auto] {timings['kd_loss[auto]']['median_ms']:.2f} ms, "
-            f"ptloss[auto] {timings['ptloss[auto]']['median_ms']:.2f} ms",
+            f"ptloss[auto] {timings['ptloss[auto]']['median_ms']:.2f} ms; peak MiB "
+            + ", ".join(f"{name} {'n/a' if peak is None else f'{peak:.1f}'}" for name, peak in peaks.items()),
             flush=True,
         )
     atomic_write_json(args.out.with_suffix(".json"), result)
