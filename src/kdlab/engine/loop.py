@@ -158,6 +158,10 @@ def fit(
             out = teacher(x).float()
         return out.clone()  # a normal tensor, so losses may save it for backward
 
+    def evaluate(split: str, split_teacher_logits: Tensor | None) -> dict[str, float]:
+        x, y = device_data[f"x_{split}"], device_data[f"y_{split}"]
+        return evaluate_split(raw_student, x, y, split_teacher_logits, data.num_classes, cfg.eval_batch_size, acc)
+
     position = Position(0, 0, 0, 0)
     checkpoints = out_dir / "checkpoints"
     resume_from = latest_checkpoint(checkpoints) if resume else None
@@ -250,15 +254,7 @@ def fit(
                             StepInfo(epoch, step + 1, global_step, {k: float(v.detach()) for k, v in terms.items()})
                         )
                 progress.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {float(loss.detach()):.4f}")
-            val = evaluate_split(
-                raw_student,
-                device_data["x_val"],
-                device_data["y_val"],
-                val_teacher,
-                data.num_classes,
-                cfg.eval_batch_size,
-                acc,
-            )
+            val = evaluate("val", val_teacher)
             record = {
                 "epoch": epoch + 1,
                 "step": global_step,
@@ -277,25 +273,9 @@ def fit(
             )
     train_seconds = time.perf_counter() - start_time
     test_teacher = teacher_logits("test", device_data["x_test"], None) if need_teacher else None
-    test = evaluate_split(
-        raw_student,
-        device_data["x_test"],
-        device_data["y_test"],
-        test_teacher,
-        data.num_classes,
-        cfg.eval_batch_size,
-        acc,
-    )
+    test = evaluate("test", test_teacher)
     if not history:  # nothing trained in this call (a finished run resumed): the last epoch's metrics are not here
-        val = evaluate_split(
-            raw_student,
-            device_data["x_val"],
-            device_data["y_val"],
-            val_teacher,
-            data.num_classes,
-            cfg.eval_batch_size,
-            acc,
-        )
+        val = evaluate("val", val_teacher)
     if acc.is_main_process:
         save_weights(raw_student, out_dir / "model.safetensors")
     acc.wait_for_everyone()
