@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,20 @@ def test_evaluate_recomputes_the_summary_metrics(tmp_path, teacher_run):
     assert abs(result["test"]["accuracy"] - summary["test"]["accuracy"]) < 1e-9
     assert abs(result["test"]["agreement"] - summary["test"]["agreement"]) < 1e-9
     assert (tmp_path / "s" / "evaluation.json").is_file()
+
+
+def test_a_student_on_another_split_than_its_teacher_is_warned_and_split_seed_shares_it(tmp_path, teacher_run):
+    from kdlab.config import load_config
+    from kdlab.engine.run import load_data
+
+    cfg = {**student_cfg(tmp_path / "s", teacher_run, {"name": "kd"}, epochs=1), "seed": 1}
+    with pytest.warns(UserWarning, match=r"split of seed 0, this run uses seed 1.*data.split_seed: 0"):
+        distill(cfg)
+    shared = {**cfg, "out": str(tmp_path / "shared"), "data": {"name": "digits", "split_seed": 0}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        distill(shared)
+    teacher_split = load_data(load_config(teacher_cfg(tmp_path / "t")))
+    for seed, same in ((1, False), (0, True)):
+        student_split = load_data(load_config({**shared, "seed": 1, "data": {"name": "digits", "split_seed": seed}}))
+        assert torch.equal(student_split.x_val, teacher_split.x_val) is same

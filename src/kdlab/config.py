@@ -35,6 +35,9 @@ class DataConfig(_Strict):
     name: str = "digits"
     path: str | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    # the validation split is carved from train by this seed (default: the run's seed); give a student the
+    # teacher's split seed so that the teacher never trained on the student's validation rows
+    split_seed: int | None = None
     download: bool = True
     label_column: str | int = -1
     augment: AugmentConfig = AugmentConfig()

@@ -11,10 +11,12 @@ import importlib.util
 import platform
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
@@ -42,10 +44,33 @@ def load_data(cfg: RunConfig):
         d.name,
         path=d.path,
         val_fraction=d.val_fraction,
-        seed=cfg.seed,
+        seed=split_seed(cfg.seed, d.split_seed),
         download=d.download,
         label_column=d.label_column,
     )
+
+
+def split_seed(seed: int, data_split_seed: int | None) -> int:
+    return seed if data_split_seed is None else data_split_seed
+
+
+def _warn_if_split_overlaps(cfg: RunConfig, teacher_run: Path) -> None:
+    """A teacher trained on another split of the same data has seen this run's validation rows: say so."""
+    try:
+        raw = yaml.safe_load((teacher_run / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return
+    data = raw.get("data") or {}
+    theirs = split_seed(raw.get("seed", 0), data.get("split_seed"))
+    ours = split_seed(cfg.seed, cfg.data.split_seed)
+    same_data = data.get("name") == cfg.data.name and data.get("path") == cfg.data.path
+    if same_data and (theirs != ours or data.get("val_fraction") != cfg.data.val_fraction):
+        warnings.warn(
+            f"the teacher ({teacher_run}) was trained on the split of seed {theirs}, this run uses seed {ours}: the "
+            "teacher trained on most of this run's validation rows, so its validation outputs (and a PTLoss "
+            f"epsilon selected on them) are optimistic; set data.split_seed: {theirs} to share its split",
+            stacklevel=2,
+        )
 
 
 def build_student(cfg: RunConfig, data) -> nn.Module:
@@ -97,6 +122,8 @@ def _new_accelerator(**kwargs) -> Accelerator:
 def _teacher_and_cache(cfg: RunConfig, data) -> tuple[nn.Module | None, dict | None, str]:
     """The live teacher, or cached logits when a valid cache exists and augmentation is off."""
     source = resolve_teacher(cfg.teacher)
+    if cfg.teacher.run is not None:
+        _warn_if_split_overlaps(cfg, Path(cfg.teacher.run))
     cache_file = _cache_file(cfg, source, data)
     augmenting = cfg.data.augment.enabled
     if cfg.cache.use == "require":
