@@ -22,7 +22,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def assert_one_line_error(done: subprocess.CompletedProcess, fragment: str) -> None:
     assert done.returncode == 2, (done.returncode, done.stdout[-500:], done.stderr[-1500:])
     assert "Traceback" not in done.stderr + done.stdout
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("warning: ")]
     assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
     assert fragment in lines[0], lines[0]
 
@@ -97,4 +97,6 @@ def test_stale_logit_cache(tmp_path):
     stale = dict(cfg, seed=5)  # another validation split: the cached logits belong to other data
     done = run_cli("distill", str(write(tmp_path, stale)), cwd=tmp_path)
     assert_one_line_error(done, "stale logit cache")
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and "data.split_seed: 0" in warned[0], done.stderr  # seed 5's split overlaps
     assert not (tmp_path / "student").exists()  # refused before the run directory was created

@@ -210,10 +210,18 @@ def demo_command(
     console.print(summary_table(rows, "kdlab demo: scikit-learn digits, test split"))
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings for the user (e.g. an overlapping split) as one yellow line, not Python's two-line format."""
+    Console(stderr=True, width=console.width).print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: a user error becomes one red line and exit code 2, never a traceback."""
+    import warnings
+
     from kdlab.engine import TrainingError
 
+    warnings.showwarning = _one_line_warning
     try:
         app()
     except (ValueError, FileNotFoundError, TrainingError) as err:
