@@ -7,6 +7,7 @@ to the raw mapping before validation, values parsed as YAML (``--set train.epoch
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,7 +181,7 @@ def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list
     if isinstance(source, RunConfig):
         raw = source.model_dump(mode="json")
     elif isinstance(source, dict):
-        raw = dict(source)
+        raw = copy.deepcopy(source)  # overrides must not change the caller's nested mappings
     else:
         path = Path(source)
         if not path.is_file():
