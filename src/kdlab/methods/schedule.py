@@ -120,7 +120,7 @@ def value_at(spec: float | _Spec, epoch: int, epochs: int) -> float:
         t = 1.0 if span <= 1 else min(max((epoch - 1) / (span - 1), 0.0), 1.0)
         if isinstance(spec, Cosine):
             t = (1.0 - math.cos(math.pi * t)) / 2.0
-        return spec.start + (spec.end - spec.start) * t
+        return spec.start * (1.0 - t) + spec.end * t
     if isinstance(spec, Step):
         return spec.values[sum(epoch > m for m in spec.milestones)]
     raise TypeError(f"not a schedule: {spec!r}")
