@@ -168,8 +168,8 @@ def test_sweep_in_parallel_processes_and_the_command_errors(tmp_path, monkeypatc
     result = sweep(config, parse_grid(["model.kwargs.hidden=[4],[8]"]), jobs=2, progress=False)
     assert [p.name for p in result.points] == ["hidden=4", "hidden=8"]
     for point in result.points:
-        assert point.summary == json.loads((tmp_path / "sw" / point.name / "summary.json").read_text())
-        assert (tmp_path / "sw" / "logs" / f"{point.name}.log").is_file()
+        assert point.summary == json.loads((tmp_path / "sw-sweep" / point.name / "summary.json").read_text())
+        assert (tmp_path / "sw-sweep" / "logs" / f"{point.name}.log").is_file()
     line = cli_error(monkeypatch, capsys, "sweep", str(config), "--grid", "train.epohcs=1,2")
     assert "sweep point epohcs=1: config: unknown key 'train.epohcs'" in line
     assert "sweep point epochs=x" in cli_error(monkeypatch, capsys, "sweep", str(config), "--grid", "train.epochs=1,x")

@@ -206,7 +206,7 @@ def sweep_command(
     grid: list[str] = typer.Option(..., "--grid", help="key.sub=v1,v2,... (repeatable; the cartesian product)."),
     set_: list[str] = SET,
     jobs: int = typer.Option(1, "--jobs", help="Runs in parallel (separate processes)."),
-    out: Path = typer.Option(None, "--out", help="Where the runs go (default: the config's out)."),
+    out: Path = typer.Option(None, "--out", help="Where the runs go (default: <config out>-sweep)."),
     overwrite: bool = OVERWRITE,
 ):
     """Run a grid of configs, one run directory each, then one table and plot; finished runs are skipped."""

@@ -2,9 +2,9 @@
 
 ``--grid model.kwargs.width=8,16,32 --grid seed=0,1,2`` is the cartesian product (values parsed as YAML;
 commas inside brackets/braces belong to the value). Each point is a normal run directory
-``<root>/<key>=<value>-...`` trained in this process (``jobs=1``) or in ``jobs`` parallel ``kdlab``
-processes. Running the sweep again skips finished points and resumes interrupted ones (``engine.reuse``).
-Results: ``<root>/sweep.json``, ``sweep.md`` and ``sweep.png``.
+``<root>/<key>=<value>-...`` (root: ``--out``, default ``<config out>-sweep``), trained in this process
+(``jobs=1``) or in ``jobs`` parallel ``kdlab`` processes. Running the sweep again skips finished points and
+resumes interrupted ones (``engine.reuse``). Results: ``<root>/sweep.json``, ``sweep.md`` and ``sweep.png``.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def make_points(
     """Every grid point's validated config (nothing runs, nothing is written: typos fail here)."""
     pairs = _normalise(grid)
     base = load_config(config, overrides)
-    root = Path(root) if root is not None else Path(base.out)
+    root = Path(root) if root is not None else Path(f"{base.out}-sweep")
     short = _short_keys(list(pairs))
     points = []
     for combo in itertools.product(*pairs.values()):
