@@ -76,7 +76,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--runs", type=Path, default=None)
+    parser.add_argument("--from-json", type=Path, default=None, help="only rebuild the .md and .png from a .json")
     args = parser.parse_args()
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+        lines = report(result)
+        atomic_write_text(args.from_json.with_suffix(".md"), "\n".join(lines) + "\n")
+        plot(result, args.from_json.with_suffix(".png"))
+        print("\n".join(lines))
+        return
     started = time.perf_counter()
     data, epochs = ("digits", 4) if args.quick else ("fashion_mnist", 6)
     early, kd_until = 2, (2 if args.quick else 3)
@@ -194,7 +202,42 @@ def report(result: dict[str, Any]) -> list[str]:
     for label in teachers:
         diffs = [f"{(table[m][label]['mean'] - ce['mean']) * 100:+.2f}" for m in METHODS]
         lines.append(f"| {label} | " + " | ".join(diffs) + " |")
-    return lines
+    return [*lines, "", "## What it shows (computed from the table above)", "", *findings(result)]
+
+
+def findings(result: dict[str, Any]) -> list[str]:
+    """Plain statements: is there a gap (does KD get worse with the most accurate teacher), do the remedies help."""
+    teachers, table, ce = result["teachers"], result["students"], result["ce"]
+    noise = statistics.mean([ce["std"], *(table[m][t]["std"] for m in METHODS for t in teachers)])
+    kd = table["KD"]
+    strongest = max(teachers, key=lambda t: teachers[t]["test_accuracy"])
+    best = max(teachers, key=lambda t: kd[t]["mean"])
+    gap = (kd[best]["mean"] - kd[strongest]["mean"]) * 100
+    out = [f"- Seed noise: the mean std of a row is {noise * 100:.2f} points; smaller differences are not resolved."]
+    if best == strongest or gap <= noise * 100:
+        out.append(
+            f"- No capacity gap at this scale: KD from the most accurate teacher ({strongest}, "
+            f"{teachers[strongest]['test_accuracy']:.4f}) gives {kd[strongest]['mean']:.4f}, "
+            f"{'the best KD row' if best == strongest else f'within noise of the best ({best}, {gap:+.2f} points)'}."
+        )
+    else:
+        out.append(
+            f"- A capacity gap: KD from the most accurate teacher ({strongest}, "
+            f"{teachers[strongest]['test_accuracy']:.4f}) gives {kd[strongest]['mean']:.4f}, "
+            f"{gap:.2f} points below KD from {best} ({teachers[best]['test_accuracy']:.4f} teacher accuracy)."
+        )
+    kd_vs_ce = [(kd[t]["mean"] - ce["mean"]) * 100 for t in teachers]
+    out.append(f"- KD − CE over the teachers: {', '.join(f'{d:+.2f}' for d in kd_vs_ce)} points.")
+    for method in METHODS[1:]:
+        diffs = {t: (table[method][t]["mean"] - kd[t]["mean"]) * 100 for t in teachers}
+        shown = ", ".join(f"{t} {d:+.2f}" for t, d in diffs.items())
+        verdict = (
+            "within noise everywhere"
+            if all(abs(d) <= noise * 100 for d in diffs.values())
+            else f"largest change {max(diffs.values(), key=abs):+.2f}"
+        )
+        out.append(f"- {method} − KD, points: {shown} ({verdict}).")
+    return out
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
