@@ -214,6 +214,13 @@ def findings(result: dict[str, Any]) -> list[str]:
     best = max(teachers, key=lambda t: kd[t]["mean"])
     gap = (kd[best]["mean"] - kd[strongest]["mean"]) * 100
     out = [f"- Seed noise: the mean std of a row is {noise * 100:.2f} points; smaller differences are not resolved."]
+    accs = [teachers[t]["test_accuracy"] for t in teachers]
+    sizes = [teachers[t]["params"] for t in teachers]
+    out.append(
+        f"- The teachers span {min(sizes):,}–{max(sizes):,} parameters but only {min(accs):.4f}–{max(accs):.4f} "
+        f"test accuracy ({(max(accs) - min(accs)) * 100:.2f} points): this probes teacher size and architecture "
+        "more than teacher accuracy."
+    )
     if best == strongest or gap <= noise * 100:
         out.append(
             f"- No capacity gap at this scale: KD from the most accurate teacher ({strongest}, "
