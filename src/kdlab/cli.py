@@ -183,6 +183,41 @@ def select_ptloss_command(
         )
 
 
+@app.command("chain")
+def chain_command(
+    config: Path = typer.Argument(..., help="YAML chain: out, base, stages.", show_default=False),
+    set_: list[str] = SET,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Re-run every stage."),
+):
+    """Distil through a sequence of models (teacher → assistant(s) → student); finished stages are skipped."""
+    from kdlab.engine.chain import chain
+
+    def announce(index: int, cfg, action: str) -> None:
+        verb = {"skip": "finished before, skipped", "resume": "resuming", "fresh": "running", "overwrite": "re-running"}
+        console.print(f"[bold]stage {index + 1}[/] {cfg.name} → {cfg.out}: {verb[action]}")
+
+    summaries = chain(config, set_, overwrite=overwrite, on_stage=announce)
+    console.print(summary_table(summaries, f"chain: {Path(summaries[-1]['out']).parent}"))
+
+
+@app.command("sweep")
+def sweep_command(
+    config: Path = CONFIG,
+    grid: list[str] = typer.Option(..., "--grid", help="key.sub=v1,v2,... (repeatable; the cartesian product)."),
+    set_: list[str] = SET,
+    jobs: int = typer.Option(1, "--jobs", help="Runs in parallel (separate processes)."),
+    out: Path = typer.Option(None, "--out", help="Where the runs go (default: <config out>-sweep)."),
+    overwrite: bool = OVERWRITE,
+):
+    """Run a grid of configs, one run directory each, then one table and plot; finished runs are skipped."""
+    from kdlab.engine.sweep import parse_grid, sweep
+
+    result = sweep(config, parse_grid(grid), set_, root=out, jobs=jobs, overwrite=overwrite)
+    rows = [{**p.summary, "name": p.name} for p in result.points if p.summary is not None]
+    console.print(summary_table(rows, f"sweep: {result.root}"))
+    console.print("written: " + ", ".join(str(path) for path in result.files.values()))
+
+
 @app.command("evaluate")
 def evaluate_command(run_dir: Path = typer.Argument(..., help="A finished run directory.")):
     """Recompute a finished run's metrics on val and test (writes evaluation.json)."""

@@ -7,6 +7,7 @@ to the raw mapping before validation, values parsed as YAML (``--set train.epoch
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,13 +55,15 @@ class TeacherConfig(_Strict):
     run: str | None = None
     model: ModelConfig | None = None
     weights: str | None = None
-    checkpoint_epoch: int | None = None
+    checkpoint_epoch: int | None = Field(None, ge=1, description="the run's weights after this epoch (kept)")
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:
         explicit = self.model is not None or self.weights is not None
         if (self.run is not None) == explicit or (explicit and (self.model is None or self.weights is None)):
             raise ValueError("give either teacher.run, or teacher.model and teacher.weights")
+        if self.checkpoint_epoch is not None and self.run is None:
+            raise ValueError("teacher.checkpoint_epoch needs teacher.run (a run that kept that epoch)")
         return self
 
 
@@ -90,12 +93,18 @@ class TrainConfig(_Strict):
     max_grad_norm: float | None = Field(None, gt=0)
     checkpoint_every_steps: int | None = Field(None, ge=1)
     keep_epoch_checkpoints: list[int] = Field(default_factory=list)
+    keep_checkpoints_every: int | None = Field(None, ge=1)
     log_every_steps: int = Field(50, ge=1)
     nan_policy: Literal["stop", "skip"] = "stop"
     cpu: bool = False
     progress: bool = True
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+
+    def keeps_epoch(self, epoch: int) -> bool:
+        """Whether the weights after ``epoch`` (1-based) are kept as checkpoints/epoch-<epoch>.safetensors."""
+        every = self.keep_checkpoints_every
+        return epoch in self.keep_epoch_checkpoints or (every is not None and epoch % every == 0)
 
 
 class MethodConfig(BaseModel):
@@ -175,7 +184,7 @@ def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list
     if isinstance(source, RunConfig):
         raw = source.model_dump(mode="json")
     elif isinstance(source, dict):
-        raw = dict(source)
+        raw = copy.deepcopy(source)  # overrides must not change the caller's nested mappings
     else:
         path = Path(source)
         if not path.is_file():

@@ -261,12 +261,16 @@ def fit(
                 "lr": scheduler.get_last_lr()[0],
                 **{f"train/{k}": v / max(counted, 1) for k, v in sums.items()},
                 **{f"val/{k}": v for k, v in val.items()},
+                **{
+                    f"method/{k}": v
+                    for k, v in method.current_values(StepState(epoch, global_step, cfg.epochs, epoch)).items()
+                },
                 "epoch_seconds": time.perf_counter() - epoch_start,
             }
             log.log(record, global_step)
             history.append(record)
             progress.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} val acc {val['accuracy']:.4f}")
-            if epoch + 1 in cfg.keep_epoch_checkpoints and acc.is_main_process:
+            if cfg.keeps_epoch(epoch + 1) and acc.is_main_process:
                 save_weights(raw_student, checkpoints / f"epoch-{epoch + 1}.safetensors")
             _checkpoint(
                 acc, checkpoints, raw_student, optimizer, scheduler, Position(epoch + 1, 0, global_step, log.offset())

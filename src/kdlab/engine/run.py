@@ -141,7 +141,7 @@ def _teacher_and_cache(cfg: RunConfig, data) -> tuple[nn.Module | None, dict | N
 def _cache_file(cfg: RunConfig, source, data) -> Path:
     if cfg.cache.path:
         return Path(cfg.cache.path)
-    return source.directory / f"logits-{data.fingerprint[:16]}.safetensors"
+    return source.directory / f"logits-{data.fingerprint[:16]}{source.tag}.safetensors"
 
 
 def _run(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, callbacks=None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ class TeacherSource:
     model_cfg: ModelConfig
     weights: Path
     directory: Path  # where a logit cache lives by default
+    tag: str = ""  # distinguishes the caches of one run's kept epochs ("-epoch3")
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -37,10 +38,9 @@ def resolve_teacher(cfg: TeacherConfig) -> TeacherSource:
             raise ConfigError(f"teacher.run: {run} is not a kdlab run directory (no config.yaml)")
         raw = yaml.safe_load(config_file.read_text()) or {}
         model_cfg = ModelConfig.model_validate(raw.get("model", {}))
+        weights, tag = run / "model.safetensors", ""
         if cfg.checkpoint_epoch is not None:
-            weights = run / "checkpoints" / f"epoch-{cfg.checkpoint_epoch}.safetensors"
-        else:
-            weights = run / "model.safetensors"
+            weights, tag = epoch_weights(run, cfg.checkpoint_epoch, raw), f"-epoch{cfg.checkpoint_epoch}"
         directory = run
     else:
         model_cfg, weights = cfg.model, Path(cfg.weights)
@@ -48,7 +48,33 @@ def resolve_teacher(cfg: TeacherConfig) -> TeacherSource:
     if not weights.is_file():
         hint = " (was the teacher run finished, and that epoch kept?)" if cfg.run else ""
         raise ConfigError(f"teacher weights not found: {weights}{hint}")
-    return TeacherSource(model_cfg=model_cfg, weights=weights, directory=directory)
+    return TeacherSource(model_cfg=model_cfg, weights=weights, directory=directory, tag=tag)
+
+
+def kept_epochs(run: Path) -> list[int]:
+    """The epochs whose weights a run kept (``train.keep_checkpoints_every`` / ``keep_epoch_checkpoints``)."""
+    found = []
+    for path in (run / "checkpoints").glob("epoch-*.safetensors"):
+        number = path.name[len("epoch-") : -len(".safetensors")]
+        if number.isdigit():
+            found.append(int(number))
+    return sorted(found)
+
+
+def epoch_weights(run: Path, epoch: int, raw_config: dict) -> Path:
+    """The teacher weights after ``epoch``; the final weights serve for the last epoch of a finished run."""
+    path = run / "checkpoints" / f"epoch-{epoch}.safetensors"
+    if path.is_file():
+        return path
+    last = (raw_config.get("train") or {}).get("epochs")
+    if epoch == last and (run / "summary.json").is_file():
+        return run / "model.safetensors"
+    kept = kept_epochs(run)
+    listed = ", ".join(map(str, kept)) if kept else "none"
+    raise ConfigError(
+        f"teacher.checkpoint_epoch={epoch}: run {run} did not keep that epoch (kept: {listed}; "
+        "train it with train.keep_checkpoints_every or train.keep_epoch_checkpoints)"
+    )
 
 
 def load_teacher(source: TeacherSource, num_classes: int, in_shape: tuple[int, ...]) -> nn.Module:

@@ -44,6 +44,10 @@ class Method:
     ) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def current_values(self, state: StepState) -> dict[str, float]:
+        """Hyper-parameters in effect at ``state`` (e.g. scheduled weights); the loop logs them per epoch."""
+        return {}
+
     def describe(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.params.model_dump().items())
         return f"{self.name}({args})"
@@ -85,5 +89,7 @@ def build(name: str, params: dict[str, Any], num_classes: int) -> Method:
         where = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"config: unknown key 'method.{where}' for method {name!r}") from None
+        if first["type"] == "value_error":  # our own validators' messages already say what was wrong
+            raise ConfigError(f"config: method.{where}: {first['msg'].removeprefix('Value error, ')}") from None
         raise ConfigError(f"config: method.{where}: {first['msg']} (got {first.get('input')!r})") from None
     return cls(parsed, num_classes)

@@ -8,11 +8,12 @@ from torch import Tensor
 from kdlab.losses import focal_kd
 
 from .base import register
+from .schedule import Positive
 from .weighted import WeightedKDMethod, WeightedParams
 
 
 class FocalParams(WeightedParams):
-    temperature: float = Field(1.0, gt=0)
+    temperature: Positive = 1.0
     gamma: float = Field(2.0, ge=0)
 
 
@@ -21,4 +22,4 @@ class FocalMethod(WeightedKDMethod):
     Params = FocalParams
 
     def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
-        return focal_kd(student_logits, teacher_logits, self.params.gamma, self.params.temperature)
+        return focal_kd(student_logits, teacher_logits, self.params.gamma, self.temperature)

@@ -13,4 +13,4 @@ from .weighted import WeightedKDMethod
 @register("kd")
 class KDMethod(WeightedKDMethod):
     def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
-        return kd_loss(student_logits, teacher_logits, self.params.temperature)
+        return kd_loss(student_logits, teacher_logits, self.temperature)

@@ -20,4 +20,4 @@ class LabelSmoothingMethod(WeightedKDMethod):
     Params = LabelSmoothingParams
 
     def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
-        return label_smoothing_kd(student_logits, teacher_logits, self.params.smoothing, self.params.temperature)
+        return label_smoothing_kd(student_logits, teacher_logits, self.params.smoothing, self.temperature)

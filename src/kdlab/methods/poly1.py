@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import Tensor
 
 from kdlab.losses import poly1_kd
 
 from .base import register
+from .schedule import Positive
 from .weighted import WeightedKDMethod, WeightedParams
 
 
 class Poly1Params(WeightedParams):
-    temperature: float = Field(1.0, gt=0)
+    temperature: Positive = 1.0
     epsilon: float = 1.0
 
 
@@ -21,4 +21,4 @@ class Poly1Method(WeightedKDMethod):
     Params = Poly1Params
 
     def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
-        return poly1_kd(student_logits, teacher_logits, self.params.epsilon, self.params.temperature)
+        return poly1_kd(student_logits, teacher_logits, self.params.epsilon, self.temperature)

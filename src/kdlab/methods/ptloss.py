@@ -15,7 +15,7 @@ from .weighted import WeightedKDMethod, WeightedParams
 
 
 class PTLossParams(WeightedParams):
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, description="a number: epsilon selection depends on it")
     epsilon: Literal["auto"] | list[float] | list[list[float]] = Field(default_factory=lambda: [0.0])
     # used when epsilon is "auto": K candidates of order M, eps_m uniform in [-scale/m, scale/m]
     candidates: int = Field(64, ge=1)

@@ -1,4 +1,9 @@
-"""The shape most KD methods share: alpha · CE(labels) + beta · (a distillation term)."""
+"""The shape most KD methods share: alpha · CE(labels) + beta · (a distillation term).
+
+alpha, beta and temperature may be schedules over the epoch (``methods.schedule``); ``kd_until_epoch: E``
+is early-stopped KD's second form (Cho & Hariharan 2019): after epoch E the student trains on the
+hard labels only (beta = 0, alpha = 1).
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,47 @@ from torch import Tensor
 from kdlab.losses import cross_entropy
 
 from .base import Method, MethodParams, StepState
+from .schedule import NonNegative, Positive, value_at
 
 
 class WeightedParams(MethodParams):
-    alpha: float = Field(0.1, ge=0, description="weight of the hard-label cross-entropy")
-    beta: float = Field(0.9, ge=0, description="weight of the distillation term")
-    temperature: float = Field(4.0, gt=0)
+    alpha: NonNegative = Field(0.1, description="weight of the hard-label cross-entropy (number or schedule)")
+    beta: NonNegative = Field(0.9, description="weight of the distillation term (number or schedule)")
+    temperature: Positive = 4.0
+    kd_until_epoch: int | None = Field(None, ge=0, description="after this epoch: CE only (alpha 1, beta 0)")
 
 
 class WeightedKDMethod(Method):
-    """Subclasses implement ``distill_term``; the weights and CE part live here once."""
+    """Subclasses implement ``distill_term`` (reading ``self.temperature``); the weights and CE part live here."""
 
     Params = WeightedParams
+
+    def __init__(self, params: WeightedParams, num_classes: int) -> None:
+        super().__init__(params, num_classes)
+        self.temperature = value_at(params.temperature, 1, 1)
 
     def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def current_values(self, state: StepState) -> dict[str, float]:
+        p, epoch = self.params, state.epoch + 1
+        values = {
+            "alpha": value_at(p.alpha, epoch, state.epochs),
+            "beta": value_at(p.beta, epoch, state.epochs),
+            "temperature": value_at(p.temperature, epoch, state.epochs),
+        }
+        if p.kd_until_epoch is not None and epoch > p.kd_until_epoch:
+            values.update(alpha=1.0, beta=0.0)
+        return values
+
     def compute(
         self, batch: dict[str, Tensor], student_logits: Tensor, teacher_logits: Tensor | None, state: StepState
     ) -> dict[str, Tensor]:
+        values = self.current_values(state)
+        self.temperature = values["temperature"]
         terms: dict[str, Tensor] = {}
-        if self.params.alpha > 0:
-            terms["ce"] = self.params.alpha * cross_entropy(student_logits, batch["y"])
-        if self.params.beta > 0:
-            terms[self.name] = self.params.beta * self.distill_term(student_logits, teacher_logits, batch["y"])
+        if values["alpha"] > 0:
+            terms["ce"] = values["alpha"] * cross_entropy(student_logits, batch["y"])
+        if values["beta"] > 0:
+            terms[self.name] = values["beta"] * self.distill_term(student_logits, teacher_logits, batch["y"])
         return terms
