@@ -120,28 +120,51 @@ def aggregate(teachers: dict, rows: dict) -> dict:
     return table
 
 
-def verdicts(table: dict, top: int, epochs: list[int], aug_epochs: int) -> list[str]:
-    """Plain statements derived from the numbers (so a re-run states what it finds, not what we hoped)."""
+def _diff(a: dict, b: dict) -> tuple[float, float]:
+    """Mean difference b − a over seeds and its noise level (the two stds combined)."""
+    return b["mean"] - a["mean"], (a["std"] ** 2 + b["std"] ** 2) ** 0.5
+
+
+def verdicts(table: dict, teacher_acc: list[float], top: int, epochs: list[int], aug_epochs: int) -> list[str]:
+    """Plain statements derived from the numbers (so a re-run states what it finds, not what we hoped).
+
+    Thresholds: "low fidelity" = disagreement >= 5% of test inputs; 1-5% = "partly" (below 100% but high in
+    absolute terms); a difference counts only when it exceeds the seeds' combined std.
+    """
     lines = []
-    self_plain = table[f"self|plain|{top}"]
-    tr, te = self_plain["train_agreement"]["mean"], self_plain["test_agreement"]["mean"]
+    sp = table[f"self|plain|{top}"]
+    tr, te = sp["train_agreement"]["mean"], sp["test_agreement"]["mean"]
+    err = 1 - statistics.mean(teacher_acc)
+    level = "confirmed" if 1 - te >= 0.05 else "partly confirmed" if 1 - te >= 0.01 else "not confirmed"
     lines.append(
-        f"- **Low fidelity even in self-distillation: {'confirmed' if te < 0.99 else 'not confirmed'}.** "
-        f"The student with the teacher's own architecture agrees with it on {te * 100:.1f}% of test "
-        f"and {tr * 100:.1f}% of training inputs after {top} epochs (predictive KL "
-        f"{self_plain['test_kl_teacher']['mean']:.3f} test, {self_plain['train_kl_teacher']['mean']:.3f} train)."
+        f"- **Imperfect fidelity even in self-distillation: {level}.** The student with the teacher's own "
+        f"architecture (it could match the teacher exactly) disagrees with it on {(1 - te) * 100:.1f}% of test "
+        f"and {(1 - tr) * 100:.1f}% of training inputs after {top} epochs (predictive KL "
+        f"{sp['test_kl_teacher']['mean']:.3f} test, {sp['train_kl_teacher']['mean']:.3f} train). The teacher's "
+        f"own test error is {err * 100:.1f}%, so the student's test disagreement is "
+        f"{(1 - te) / err * 100:.0f}% of it"
+        + (": fidelity is imperfect, but high in absolute terms at this small scale." if level != "confirmed" else ".")
     )
-    gaps = {s: table[f"{s}|plain|{top}"] for s in STUDENTS}
-    gap_text = ", ".join(
-        f"{s}: {(g['train_agreement']['mean'] - g['test_agreement']['mean']) * 100:+.2f} points agreement, "
-        f"KL {g['train_kl_teacher']['mean']:.3f} vs {g['test_kl_teacher']['mean']:.3f}"
-        for s, g in gaps.items()
-    )
-    has_gap = all(g["train_agreement"]["mean"] > g["test_agreement"]["mean"] for g in gaps.values())
+    parts, gap_everywhere = [], True
+    for s in STUDENTS:
+        g = table[f"{s}|plain|{top}"]
+        d_agree, noise = _diff(g["test_agreement"], g["train_agreement"])
+        d_kl, kl_noise = _diff(g["train_kl_teacher"], g["test_kl_teacher"])
+        gap_everywhere &= d_agree > noise and d_kl > kl_noise
+        parts.append(
+            f"{s}: agreement train − test {d_agree * 100:+.2f} ± {noise * 100:.2f} points, KL test − train "
+            f"{d_kl:+.4f} ± {kl_noise:.4f}"
+        )
     lines.append(
-        f"- **Train/test fidelity gap: {'confirmed' if has_gap else 'not confirmed'}** (train − test, {gap_text}). "
-        f"Train agreement {'also stays below 100%' if tr < 0.999 else 'reaches ~100%'} for the self-distilled "
-        "student, i.e. the student does not match the teacher even on the data it was distilled on."
+        f"- **Train/test fidelity gap after {top} epochs: {'confirmed' if gap_everywhere else 'not for every student'}"
+        f"** ({'; '.join(parts)}). "
+        + (
+            f"And training-set agreement itself stays below 100% ({tr * 100:.1f}% for the self-distilled "
+            "student): the student does not match the teacher even on the data it was distilled on, the paper's "
+            "optimisation finding."
+            if tr < 0.999
+            else "Training-set agreement reaches ~100%."
+        )
     )
     if len(epochs) > 1:
         lo, hi = min(epochs), max(epochs)
@@ -151,20 +174,43 @@ def verdicts(table: dict, top: int, epochs: list[int], aug_epochs: int) -> list[
             parts.append(
                 f"{s}: train agreement {a['train_agreement']['mean'] * 100:.1f}% → "
                 f"{b['train_agreement']['mean'] * 100:.1f}%, test {a['test_agreement']['mean'] * 100:.1f}% → "
-                f"{b['test_agreement']['mean'] * 100:.1f}%"
+                f"{b['test_agreement']['mean'] * 100:.1f}%, train − test gap "
+                f"{(a['train_agreement']['mean'] - a['test_agreement']['mean']) * 100:+.2f} → "
+                f"{(b['train_agreement']['mean'] - b['test_agreement']['mean']) * 100:+.2f} points"
             )
-        lines.append(f"- **More epochs ({lo} → {hi}):** " + "; ".join(parts) + ".")
+        rises = all(
+            table[f"{s}|plain|{hi}"][f"{split}_agreement"]["mean"]
+            > table[f"{s}|plain|{lo}"][f"{split}_agreement"]["mean"]
+            for s in STUDENTS
+            for split in ("train", "test")
+        )
+        below = all(table[f"{s}|plain|{hi}"]["train_agreement"]["mean"] < 0.999 for s in STUDENTS)
+        lines.append(
+            f"- **More epochs ({lo} → {hi}, each a full cosine schedule):** " + "; ".join(parts) + ". Longer "
+            f"training {'raises' if rises else 'does not always raise'} agreement on both splits and "
+            f"{'does not reach' if below else 'reaches'} 100% on the training data."
+        )
     for aug in AUGMENTS:
         if aug == "plain":
             continue
-        parts = []
+        parts, helped = [], []
         for s in STUDENTS:
             p, a = table[f"{s}|plain|{aug_epochs}"], table[f"{s}|{aug}|{aug_epochs}"]
-            d_test = (a["test_agreement"]["mean"] - p["test_agreement"]["mean"]) * 100
-            d_train = (a["train_agreement"]["mean"] - p["train_agreement"]["mean"]) * 100
-            parts.append(f"{s}: test agreement {d_test:+.2f} points, train agreement {d_train:+.2f} points")
+            d, noise = _diff(p["test_agreement"], a["test_agreement"])
+            if d > noise:
+                helped.append(s)
+            words = []
+            for split in ("test", "train"):
+                d, noise = _diff(p[f"{split}_agreement"], a[f"{split}_agreement"])
+                verdict = "within noise" if abs(d) <= noise else ("higher" if d > 0 else "lower")
+                words.append(f"{split} agreement {d * 100:+.2f} ± {noise * 100:.2f} points ({verdict})")
+            parts.append(f"{s}: " + ", ".join(words))
+        verdict = f"confirmed for {', '.join(helped)}" if helped else "not confirmed"
+        if helped and len(helped) < len(STUDENTS):
+            verdict += f", not for {', '.join(s for s in STUDENTS if s not in helped)}"
         lines.append(
-            f"- **{aug} on the distillation inputs** (vs plain, {aug_epochs} epochs): " + "; ".join(parts) + "."
+            f"- **{aug} on the distillation inputs** (vs plain data, {aug_epochs} epochs): " + "; ".join(parts) + ". "
+            f"The paper's augmentation effect (richer distillation data raises test agreement): **{verdict}**."
         )
     return lines
 
@@ -281,7 +327,8 @@ def main() -> None:
     teachers, rows, curves = run_all(args)
     table = aggregate(teachers, rows)
     top = max(args.epochs)
-    verdict_lines = verdicts(table, top, args.epochs, args.augment_epochs)
+    teacher_acc = [teachers[s]["test_accuracy"] for s in args.seeds]
+    verdict_lines = verdicts(table, teacher_acc, top, args.epochs, args.augment_epochs)
     plot_paths = plots(table, curves, top, args.epochs, args.augment_epochs, args.out)
     result = {
         "environment": environment(),
@@ -291,7 +338,7 @@ def main() -> None:
         "epochs": args.epochs,
         "augment_epochs": args.augment_epochs,
         "train_eval_size": args.train_eval_size,
-        "teacher_test_accuracy": [teachers[s]["test_accuracy"] for s in args.seeds],
+        "teacher_test_accuracy": teacher_acc,
         "students": table,
         "verdicts": verdict_lines,
         "total_seconds": time.perf_counter() - started,
