@@ -120,6 +120,20 @@ def test_report_is_one_self_contained_html_file(tmp_path, runs):
     assert "two runs" in done.output and "report written" in done.output
 
 
+def test_evaluate_prints_train_val_and_test(runs):
+    done = CliRunner().invoke(app, ["evaluate", str(runs[1])])
+    assert done.exit_code == 0, done.output[-2000:]
+    evaluation = json.loads((runs[1] / "summary.json").read_text())["evaluation"]
+    rows = {line.split()[0]: line.split()[1:] for line in done.output.splitlines() if line.strip()[:5] in SPLITS}
+    assert set(rows) == {"train", "val", "test"}
+    for split, cells in rows.items():  # columns: acc, NLL, ECE, agree, KL, teacher acc
+        assert cells[0] == f"{evaluation[split]['accuracy']:.4f}"
+        assert cells[3] == f"{evaluation[split]['agreement']:.4f}"
+
+
+SPLITS = ("train", "val  ", "test ")
+
+
 def test_report_refuses_a_directory_that_is_not_a_run(tmp_path, runs):
     out = tmp_path / "r.html"
     done = subprocess.run(

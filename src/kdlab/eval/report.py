@@ -219,4 +219,8 @@ def write_report(run_dirs: list[str | Path], output: str | Path, title: str = "k
     if not run_dirs:
         raise ConfigError("report needs at least one run directory")
     runs = [load_run(d) for d in run_dirs]
-    return atomic_write_text(output, render_report(runs, title))
+    text = render_report(runs, title)
+    try:
+        return atomic_write_text(output, text)
+    except OSError as err:
+        raise ConfigError(f"cannot write the report to {output}: {err.strerror or err}") from None
