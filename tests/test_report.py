@@ -129,6 +129,8 @@ def test_evaluate_prints_train_val_and_test(runs):
     for split, cells in rows.items():  # columns: acc, NLL, ECE, agree, KL, teacher acc
         assert cells[0] == f"{evaluation[split]['accuracy']:.4f}"
         assert cells[3] == f"{evaluation[split]['agreement']:.4f}"
+    for name in ("learning_curves", "reliability", "confusion"):
+        assert (runs[1] / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 SPLITS = ("train", "val  ", "test ")

@@ -186,11 +186,15 @@ def select_ptloss_command(
 @app.command("evaluate")
 def evaluate_command(run_dir: Path = typer.Argument(..., help="A finished run directory.")):
     """Metrics of a finished run on train, val and test (accuracy, NLL, ECE, fidelity to the teacher);
-    written into its summary.json (under "evaluation") and evaluation.json."""
+    written into its summary.json (under "evaluation") and evaluation.json, plots into RUN_DIR/plots/."""
     from kdlab.engine import evaluate
+    from kdlab.eval.plots import write_run_plots
+    from kdlab.eval.report import load_run
 
     result = evaluate(run_dir)
     console.print(evaluation_table(result, f"evaluation of {run_dir}"))
+    written = write_run_plots(run_dir / "plots", load_run(run_dir).records, result)
+    console.print(f"plots: {', '.join(str(p) for p in written)}")
 
 
 EVAL_COLUMNS = {

@@ -120,3 +120,20 @@ def split_confusion_figure(split_eval: dict[str, Any]) -> Figure:
         matrices["student vs teacher"] = split_eval["confusion_teacher"]
         labels["student vs teacher"] = ("teacher prediction", "student prediction")
     return confusion_figure(matrices, labels)
+
+
+def write_run_plots(out_dir: str | Path, records: list[dict[str, Any]], evaluation: dict[str, Any]) -> list[Path]:
+    """learning_curves.png, reliability.png (test) and confusion.png (test) in ``out_dir``, where data exists."""
+    out = Path(out_dir)
+    written = []
+    if epoch_records(records):
+        written.append(save_png(learning_curves_figure(records), out / "learning_curves.png"))
+    test = evaluation.get("test", {})
+    if "reliability" in test:
+        curves = {"student": test["reliability"]}
+        if "teacher_reliability" in test:
+            curves["teacher"] = test["teacher_reliability"]
+        written.append(save_png(reliability_figure(curves, "reliability (test)"), out / "reliability.png"))
+    if "confusion_labels" in test:
+        written.append(save_png(split_confusion_figure(test), out / "confusion.png"))
+    return written
