@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kdlab.cli import app
+from kdlab.cli import app, main
 from kdlab.engine import distill, train
 from kdlab.eval import plots
 
@@ -136,16 +135,15 @@ def test_evaluate_prints_train_val_and_test(runs):
 SPLITS = ("train", "val  ", "test ")
 
 
-def test_report_refuses_a_directory_that_is_not_a_run(tmp_path, runs):
+def test_report_refuses_a_directory_that_is_not_a_run(tmp_path, runs, monkeypatch, capsys):
     out = tmp_path / "r.html"
-    done = subprocess.run(
-        [sys.executable, "-m", "kdlab.cli", "report", str(runs[0]), str(tmp_path), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    monkeypatch.setattr(sys, "argv", ["kdlab", "report", str(runs[0]), str(tmp_path), "-o", str(out)])
+    with pytest.raises(SystemExit) as exited:
+        main()  # the console script's entry point, in process
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.strip()]
     assert len(lines) == 1 and "not a finished kdlab run directory" in lines[0]
     assert not out.exists()
 
