@@ -35,6 +35,7 @@ format: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) benchmarks/loss_speed.py --quick --vocab 1000 32000 --out benchmarks/results/quick/loss_speed
 	$(PY) benchmarks/engine_overhead.py --quick --out benchmarks/results/quick/engine_overhead
+	$(PY) benchmarks/fidelity_fmnist.py --quick
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py
@@ -42,6 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/fmnist_ready_configs.py
 	$(PY) benchmarks/ptloss_fmnist.py
 	$(PY) benchmarks/capacity_gap_fmnist.py
+	$(PY) benchmarks/fidelity_fmnist.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

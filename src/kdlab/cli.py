@@ -220,18 +220,63 @@ def sweep_command(
 
 @app.command("evaluate")
 def evaluate_command(run_dir: Path = typer.Argument(..., help="A finished run directory.")):
-    """Recompute a finished run's metrics on val and test (writes evaluation.json)."""
+    """Metrics of a finished run on train, val and test (accuracy, NLL, ECE, fidelity to the teacher);
+    written into its summary.json (under "evaluation") and evaluation.json, plots into RUN_DIR/plots/."""
     from kdlab.engine import evaluate
+    from kdlab.eval.plots import write_run_plots
+    from kdlab.eval.report import load_run
 
     result = evaluate(run_dir)
-    table = Table(title=f"evaluation of {run_dir}")
+    console.print(evaluation_table(result, f"evaluation of {run_dir}"))
+    written = write_run_plots(run_dir / "plots", load_run(run_dir).records, result)
+    console.print(f"plots: {', '.join(str(p) for p in written)}")
+
+
+EVAL_COLUMNS = {
+    "accuracy": "acc",
+    "nll": "NLL",
+    "ece": "ECE",
+    "agreement": "agree",
+    "kl_teacher": "KL t‖s",
+    "teacher_accuracy": "teacher acc",
+    "proxy_agreement": "agree proxy",
+    "kl_proxy": "KL proxy‖s",
+}
+
+
+def evaluation_table(result: dict, title: str) -> Table:
+    """One row per split; fidelity columns only where the run had a teacher (and a proxy teacher)."""
+    splits = [s for s in ("train", "val", "test") if s in result]
+    keys = [k for k in EVAL_COLUMNS if any(k in result[s] for s in splits)]
+    table = Table(title=title, box=box.SIMPLE_HEAD)
     table.add_column("split")
-    keys = list(result["test"])
     for key in keys:
-        table.add_column(key, justify="right")
-    for split in ("val", "test"):
-        table.add_row(split, *(f"{result[split][k]:.4f}" for k in keys))
-    console.print(table)
+        table.add_column(EVAL_COLUMNS[key], justify="right")
+    for split in splits:
+        table.add_row(split, *(f"{result[split][k]:.4f}" if k in result[split] else "-" for k in keys))
+    return table
+
+
+@app.command("report")
+def report_command(
+    run_dirs: list[Path] = typer.Argument(..., help="Finished run directories.", show_default=False),
+    output: Path = typer.Option(Path("report.html"), "-o", "--output", help="The HTML file to write."),
+    title: str = typer.Option("kdlab report", help="Heading of the report."),
+    reevaluate: bool = typer.Option(False, "--reevaluate", help="Run `evaluate` again even where it was run."),
+):
+    """One self-contained HTML file comparing runs: configs, a table and plots (runs `evaluate` where needed)."""
+    from kdlab.engine import evaluate
+    from kdlab.eval.report import load_run, write_report
+
+    for run_dir in run_dirs:  # check every directory first: a bad one leaves nothing written
+        load_run(run_dir)
+    for run_dir in run_dirs:
+        if reevaluate or "evaluation" not in load_run(run_dir).summary:
+            console.print(f"evaluating {run_dir} ...")
+            evaluate(run_dir)
+    path = write_report(run_dirs, output, title)
+    console.print(summary_table([load_run(d).summary for d in run_dirs], title))
+    console.print(f"report written to {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
 @app.command("demo")

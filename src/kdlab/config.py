@@ -26,10 +26,17 @@ class _Strict(BaseModel):
 class AugmentConfig(_Strict):
     crop_padding: int = Field(0, ge=0)
     hflip: bool = False
+    # distillation inputs only (kdlab distill): the teacher labels the mixed / noisy inputs
+    mixup_alpha: float = Field(0.0, ge=0)
+    noise_std: float = Field(0.0, ge=0)
 
     @property
     def enabled(self) -> bool:
-        return self.crop_padding > 0 or self.hflip
+        return self.crop_padding > 0 or self.hflip or self.distill_only
+
+    @property
+    def distill_only(self) -> bool:
+        return self.mixup_alpha > 0 or self.noise_std > 0
 
 
 class DataConfig(_Strict):
@@ -86,6 +93,8 @@ class SchedulerConfig(_Strict):
 
 class TrainConfig(_Strict):
     epochs: int = Field(10, ge=1)
+    # per-epoch fidelity on a fixed, seeded subset of the training split (train_eval/* in metrics.jsonl); 0 = off
+    train_eval_size: int = Field(2000, ge=0)
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     grad_accum: int = Field(1, ge=1)

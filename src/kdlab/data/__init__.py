@@ -1,7 +1,7 @@
 """kdlab.data: whole data sets as in-memory tensors (digits, MNIST/Fashion-MNIST, CIFAR, .npz, CSV),
 a seeded validation carve, train-only normalisation, a fingerprint for caches, and vectorised augmentations."""
 
-from .augment import augment, random_crop, random_hflip
+from .augment import augment, gaussian_noise, mixup, random_crop, random_hflip
 from .errors import DataError
 from .idx import read_idx
 from .load import KNOWN_DATASETS, load_dataset
@@ -12,7 +12,9 @@ __all__ = [
     "DataError",
     "DataSplits",
     "augment",
+    "gaussian_noise",
     "load_dataset",
+    "mixup",
     "random_crop",
     "random_hflip",
     "read_idx",

@@ -57,3 +57,41 @@ def augment(
     if hflip:
         x = random_hflip(x, generator)
     return x
+
+
+def _numpy_rng(generator: torch.Generator | None):
+    """A NumPy generator seeded from ``generator`` (torch samples Beta without a generator argument)."""
+    import numpy as np
+
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu")
+    return np.random.default_rng(int(seed))
+
+
+def mixup(x: torch.Tensor, alpha: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mix every row with another row of the batch: lam * x_i + (1 - lam) * x_j, lam ~ Beta(alpha, alpha) per
+    row, folded to lam >= 0.5 so that the original row dominates (its label stays the more plausible one).
+
+    For distillation the teacher labels the mixed inputs, so no label mixing is needed (Stanton et al. 2021,
+    MixUp distillation data). Any (N, ...) batch; ``alpha=0`` returns ``x`` unchanged.
+    """
+    if alpha < 0:
+        raise ValueError(f"mixup alpha must be >= 0, got {alpha}")
+    n = x.shape[0]
+    if alpha == 0 or n < 2:
+        return x
+    gen_device = generator.device if generator is not None else x.device
+    partner = torch.randperm(n, generator=generator, device=gen_device).to(x.device)
+    lam = torch.from_numpy(_numpy_rng(generator).beta(alpha, alpha, n)).to(x.device, x.dtype)
+    lam = torch.maximum(lam, 1 - lam).view((n,) + (1,) * (x.ndim - 1))
+    return lam * x + (1 - lam) * x[partner]
+
+
+def gaussian_noise(x: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x + N(0, std^2) per element (inputs are normalised, so ``std`` is in units of the data's std)."""
+    if std < 0:
+        raise ValueError(f"noise std must be >= 0, got {std}")
+    if std == 0:
+        return x
+    gen_device = generator.device if generator is not None else x.device
+    noise = torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
+    return x + std * noise

@@ -70,6 +70,7 @@ class FitResult:
     samples_per_second: float
     steps: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    train: dict[str, float] = field(default_factory=dict)  # the last epoch's metrics on the train_eval rows
 
 
 def _progress(enabled: bool) -> Progress:
@@ -85,9 +86,19 @@ def _progress(enabled: bool) -> Progress:
 
 
 def _augment(x: Tensor, cfg: AugmentConfig, generator: torch.Generator) -> Tensor:
-    from kdlab.data import augment
+    from kdlab.data import augment, gaussian_noise, mixup
 
-    return augment(x, crop_padding=cfg.crop_padding, hflip=cfg.hflip, generator=generator)
+    if cfg.crop_padding or cfg.hflip:
+        x = augment(x, crop_padding=cfg.crop_padding, hflip=cfg.hflip, generator=generator)
+    x = mixup(x, cfg.mixup_alpha, generator)
+    return gaussian_noise(x, cfg.noise_std, generator)
+
+
+def train_eval_rows(n: int, size: int, seed: int) -> Tensor:
+    """The fixed training rows whose fidelity is logged every epoch: a seeded sample of ``size``, sorted."""
+    if size >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
 
 
 def evaluate_split(
@@ -146,6 +157,8 @@ def fit(
     }
     cached = {k: v.to(acc.device) for k, v in (cached_logits or {}).items()}
     need_teacher = method.needs_teacher
+    if augment_cfg.enabled and "train" in cached:
+        raise ConfigError("cached teacher logits cannot follow augmented training inputs; pass a live teacher")
 
     def teacher_logits(split: str, x: Tensor, index: Tensor | None) -> Tensor | None:
         if split in cached:
@@ -169,6 +182,20 @@ def fit(
         position = load_checkpoint(resume_from, raw_student, optimizer, scheduler)
     log = MetricsLog(out_dir / "metrics.jsonl", acc, position.metrics_offset if resume_from else None)
     val_teacher = teacher_logits("val", device_data["x_val"], None) if need_teacher else None
+    fit_rows = train_eval_rows(len(data.y_train), cfg.train_eval_size, seed).to(acc.device)
+    if len(fit_rows):  # fidelity on (un-augmented) training rows too: the train/test fidelity gap per epoch
+        device_data["x_train_eval"] = device_data["x_train"][fit_rows]
+        device_data["y_train_eval"] = device_data["y_train"][fit_rows]
+    fit_teacher = None
+    if need_teacher and len(fit_rows):
+        fit_teacher = (
+            cached["train"][fit_rows]
+            if "train" in cached
+            else teacher_logits("train_eval", device_data["x_train_eval"], None)
+        )
+
+    def evaluate_train() -> dict[str, float]:
+        return evaluate("train_eval", fit_teacher) if len(fit_rows) else {}
 
     history: list[dict[str, Any]] = []
     seen, start_time, global_step = 0, time.perf_counter(), position.global_step
@@ -255,6 +282,7 @@ def fit(
                         )
                 progress.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {float(loss.detach()):.4f}")
             val = evaluate("val", val_teacher)
+            train_eval = evaluate_train()
             record = {
                 "epoch": epoch + 1,
                 "step": global_step,
@@ -265,6 +293,7 @@ def fit(
                     f"method/{k}": v
                     for k, v in method.current_values(StepState(epoch, global_step, cfg.epochs, epoch)).items()
                 },
+                **{f"train_eval/{k}": v for k, v in train_eval.items()},
                 "epoch_seconds": time.perf_counter() - epoch_start,
             }
             log.log(record, global_step)
@@ -280,6 +309,7 @@ def fit(
     test = evaluate("test", test_teacher)
     if not history:  # nothing trained in this call (a finished run resumed): the last epoch's metrics are not here
         val = evaluate("val", val_teacher)
+        train_eval = evaluate_train()
     if acc.is_main_process:
         save_weights(raw_student, out_dir / "model.safetensors")
     acc.wait_for_everyone()
@@ -291,6 +321,7 @@ def fit(
         samples_per_second=seen / max(train_seconds, 1e-9),
         steps=global_step,
         history=history,
+        train=train_eval,
     )
 
 

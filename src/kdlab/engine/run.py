@@ -8,6 +8,7 @@ directory is complete exactly when summary.json exists.
 from __future__ import annotations
 
 import importlib.util
+import json
 import platform
 import shutil
 import time
@@ -26,10 +27,11 @@ import kdlab
 from kdlab import models
 from kdlab.config import ConfigError, RunConfig, dump_config, load_config
 from kdlab.io import atomic_write_json, atomic_write_text
+from kdlab.losses import proxy_teacher
 from kdlab.methods import build as build_method
 
 from .logit_cache import CacheError, read_cache, write_cache
-from .loop import evaluate_split, fit
+from .loop import fit
 from .predict import predict
 from .teacher import load_teacher, resolve_teacher
 
@@ -152,6 +154,8 @@ def _run(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, cal
     method_cfg = cfg.method if distilling else cfg.method.model_copy(update={"name": "ce"})
     if not distilling and cfg.method.name != "ce":
         raise ConfigError(f"train uses plain cross-entropy; method {cfg.method.name!r} needs `kdlab distill`")
+    if not distilling and cfg.data.augment.distill_only:
+        raise ConfigError("data.augment.mixup_alpha/noise_std change distillation inputs only: use `kdlab distill`")
     data = load_data(cfg)
     method = build_method(method_cfg.name, method_cfg.params(), data.num_classes)
     acc = _accelerator(cfg, out)
@@ -192,6 +196,7 @@ def _run(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, cal
         "test_accuracy": result.test["accuracy"],
         "test": result.test,
         "val": result.val,
+        "train_eval": result.train,
         "epochs": result.epochs,
         "optimizer_steps": result.steps,
         "train_seconds": result.train_seconds,
@@ -310,8 +315,12 @@ def cache_logits(config, overrides: list[str] | None = None) -> Path:
     return path
 
 
-def evaluate(run_dir: str | Path) -> dict[str, Any]:
-    """Metrics of a finished run's model on val and test (with the teacher when the run had one)."""
+def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Any]:
+    """Metrics of a finished run's model on every split: accuracy, NLL, ECE (+ reliability curve), confusion
+    matrices, and — with the run's teacher — top-1 agreement and KL(teacher ‖ student); for ptloss runs also
+    the fidelity to the proxy teacher. Written to evaluation.json and, under "evaluation", into summary.json."""
+    from kdlab.eval import full_evaluation
+
     run = Path(run_dir)
     if not (run / "config.yaml").is_file() or not (run / "model.safetensors").is_file():
         raise ConfigError(f"{run} is not a finished kdlab run directory (config.yaml and model.safetensors needed)")
@@ -329,17 +338,43 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
     student = student.to(acc.device)
     if teacher is not None:
         teacher = teacher.to(acc.device)
-    result = {}
-    for split in ("val", "test"):
+    epsilon = _proxy_epsilon(cfg, run, data.num_classes) if teacher is not None or cached else None
+    batch = cfg.train.eval_batch_size
+    result: dict[str, Any] = {}
+    for split in splits:
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        t_logits = (
-            cached[split]
-            if cached
-            else (
-                predict(teacher, x, data.num_classes, cfg.train.eval_batch_size, acc) if teacher is not None else None
-            )
+        t_logits = None
+        if cached:
+            t_logits = cached[split]
+        elif teacher is not None:
+            t_logits = predict(teacher, x, data.num_classes, batch, acc)
+        proxy = None
+        if epsilon is not None and t_logits is not None:
+            temperature = cfg.method.params().get("temperature", 1.0)
+            proxy = proxy_teacher(torch.softmax(t_logits.double().cpu() / temperature, -1), epsilon)
+        logits = predict(student, x, data.num_classes, batch, acc)
+        result[split] = full_evaluation(
+            logits, y, t_logits, proxy, proxy_temperature=cfg.method.params().get("temperature", 1.0)
         )
-        result[split] = evaluate_split(student, x, y, t_logits, data.num_classes, cfg.train.eval_batch_size, acc)
     result["parameters"] = models.count_parameters(student)
+    result["teacher"] = cfg.teacher is not None and (teacher is not None or cached is not None)
     atomic_write_json(run / "evaluation.json", result)
+    summary_path = run / SUMMARY
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        summary["evaluation"] = result
+        atomic_write_json(summary_path, summary)
     return result
+
+
+def _proxy_epsilon(cfg: RunConfig, run: Path, num_classes: int) -> torch.Tensor | None:
+    """The epsilon a ptloss run trained with (given, or the one its selection chose); None for other methods."""
+    if cfg.method.name != "ptloss":
+        return None
+    epsilon = cfg.method.params().get("epsilon", [0.0])
+    if epsilon == "auto":
+        selection = run / "ptloss_selection.json"
+        if not selection.is_file():
+            return None
+        epsilon = json.loads(selection.read_text())["epsilon"]
+    return torch.tensor(epsilon, dtype=torch.float64)

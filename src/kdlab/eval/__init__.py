@@ -1,5 +1,19 @@
-"""Evaluation: accuracy, NLL, calibration, and fidelity to the teacher."""
+"""Evaluation: accuracy, NLL, calibration, and fidelity to the teacher; plots and the HTML report."""
 
-from .metrics import classification_metrics, expected_calibration_error
+from .metrics import (
+    classification_metrics,
+    confusion_matrix,
+    expected_calibration_error,
+    fidelity,
+    full_evaluation,
+    reliability_curve,
+)
 
-__all__ = ["classification_metrics", "expected_calibration_error"]
+__all__ = [
+    "classification_metrics",
+    "confusion_matrix",
+    "expected_calibration_error",
+    "fidelity",
+    "full_evaluation",
+    "reliability_curve",
+]
