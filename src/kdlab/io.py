@@ -9,6 +9,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _default_mode() -> int:
+    """0666 minus the process umask: the mode ``open(path, "w")`` would have given."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
     target = Path(path)
@@ -16,6 +23,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), _default_mode())  # mkstemp makes 0600; results should read like any file
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
