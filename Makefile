@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/engine_overhead.py
 	$(PY) benchmarks/fmnist_ready_configs.py
 	$(PY) benchmarks/ptloss_fmnist.py
+	$(PY) benchmarks/lm_loss.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -39,6 +39,7 @@ class _Spec:
     chunk_size: int
     jsd_beta: float
     compute_dtype: torch.dtype
+    grad_enabled: bool  # grad mode of the caller (inside Function.forward it is always off)
 
 
 def fused_linear_distill(
@@ -84,6 +85,7 @@ def fused_linear_distill(
     lead = student_hidden.shape[:-1]
     vocab = weight.shape[0]
     teacher = _check_teacher(teacher, lead, vocab)
+    _check_device(teacher, hidden.device)
     cdtype = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
     keep = _check_mask(mask, lead)
     flat_labels = None
@@ -129,6 +131,7 @@ def fused_linear_distill(
         chunk_size=chunk_size,
         jsd_beta=float(jsd_beta),
         compute_dtype=cdtype,
+        grad_enabled=torch.is_grad_enabled(),
     )
     return _FusedLinearDistill.apply(hidden, weight, spec)
 
@@ -137,7 +140,8 @@ class _FusedLinearDistill(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, spec: _Spec) -> Tensor:
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            value, grad_h, grad_w = _run(hidden, weight, spec, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+            need_h, need_w = (spec.grad_enabled and need for need in ctx.needs_input_grad[:2])
+            value, grad_h, grad_w = _run(hidden, weight, spec, need_h, need_w)
         ctx.save_for_backward(grad_h, grad_w)
         return value
 
@@ -288,6 +292,15 @@ def _check_teacher(teacher: object, lead: torch.Size, vocab: int) -> TeacherInpu
         "teacher must be (teacher_hidden, teacher_head_weight), dense teacher logits or a SparseTeacher, "
         f"got {type(teacher).__name__}"
     )
+
+
+def _check_device(teacher: TeacherInput, device: torch.device) -> None:
+    tensors = teacher if isinstance(teacher, tuple) else (teacher,)
+    if isinstance(teacher, SparseTeacher):
+        tensors = (teacher.values, teacher.indices, teacher.log_rest)
+    for t in tensors:
+        if t.device != device:
+            raise ValueError(f"the teacher is on {t.device} but student_hidden on {device}: move it first")
 
 
 def _check_mask(mask: object, lead: torch.Size) -> Tensor | None:
