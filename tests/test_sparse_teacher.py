@@ -174,3 +174,11 @@ def test_cached_teacher_gives_the_same_loss(tmp_path):
     a = fused_linear_distill(h, w, sparse, loss="jsd")
     b = fused_linear_distill(h, w, loaded, loss="jsd")
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    good = synthetic_sparse(8, 1000, 4)
+    bad = SparseTeacher(good.values, good.indices + 5000, good.log_rest)  # indices outside the vocabulary
+    with pytest.raises(ValueError, match="indices must be in"):
+        write_sparse_cache(tmp_path / "c", [good, bad], vocab_size=1000, fingerprint={}, rows_per_shard=4)
+    assert list(tmp_path.iterdir()) == []

@@ -100,42 +100,45 @@ def write_sparse_cache(
         save_file(tensors, str(tmp / name), metadata={"format": FORMAT, **_fp_meta(fingerprint)})
         shards.append((name, part.values.shape[0]))
 
-    pending = 0
-    for part in [parts] if isinstance(parts, SparseTeacher) else parts:
-        part = part.flat()
-        part.check_vocab(vocab_size)
+    try:  # a failure midway (bad part, full disk) leaves nothing behind
+        pending = 0
+        for part in [parts] if isinstance(parts, SparseTeacher) else parts:
+            part = part.flat()
+            part.check_vocab(vocab_size)
+            if k is None:
+                k = part.k
+            elif part.k != k:
+                raise ValueError(f"all parts must have the same k, got {k} and {part.k}")
+            start = 0
+            while start < part.values.shape[0]:
+                take = min(rows_per_shard - pending, part.values.shape[0] - start)
+                buffer.append(_slice(part, start, start + take))
+                pending += take
+                start += take
+                if pending == rows_per_shard:
+                    flush(buffer)
+                    buffer, pending = [], 0
+        if buffer:
+            flush(buffer)
         if k is None:
-            k = part.k
-        elif part.k != k:
-            raise ValueError(f"all parts must have the same k, got {k} and {part.k}")
-        start = 0
-        while start < part.values.shape[0]:
-            take = min(rows_per_shard - pending, part.values.shape[0] - start)
-            buffer.append(_slice(part, start, start + take))
-            pending += take
-            start += take
-            if pending == rows_per_shard:
-                flush(buffer)
-                buffer, pending = [], 0
-    if buffer:
-        flush(buffer)
-    if k is None:
-        shutil.rmtree(tmp)
-        raise ValueError("no rows to write")
-    names = []
-    for i, (name, rows) in enumerate(shards):
-        final = f"shard-{i:05d}-of-{len(shards):05d}.safetensors"
-        (tmp / name).rename(tmp / final)
-        names.append({"file": final, "rows": rows})
-    index = {
-        "format": FORMAT,
-        "k": k,
-        "vocab_size": vocab_size,
-        "rows": sum(s["rows"] for s in names),
-        "fingerprint": dict(fingerprint),
-        "shards": names,
-    }
-    atomic_write_json(tmp / INDEX, index)
+            raise ValueError("no rows to write")
+        names = []
+        for i, (name, rows) in enumerate(shards):
+            final = f"shard-{i:05d}-of-{len(shards):05d}.safetensors"
+            (tmp / name).rename(tmp / final)
+            names.append({"file": final, "rows": rows})
+        index = {
+            "format": FORMAT,
+            "k": k,
+            "vocab_size": vocab_size,
+            "rows": sum(s["rows"] for s in names),
+            "fingerprint": dict(fingerprint),
+            "shards": names,
+        }
+        atomic_write_json(tmp / INDEX, index)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if target.exists():
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)
