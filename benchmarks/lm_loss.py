@@ -27,6 +27,7 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -176,6 +177,7 @@ def markdown(result: dict) -> str:
         f"Command: `{env['command']}`  ",
         f"Machine: {env['machine']}; device {env['device']}  ",
         f"Versions: python {env['python']}, torch {env['torch']}, kdlab {env['kdlab']}; {env['date_utc']} UTC  ",
+        f"Load average (1 min) at start and end: {env.get('load_avg_1min', 'not recorded')}  ",
         f"Tokens {cfg['tokens']}, student hidden {cfg['hidden']}, teacher hidden {cfg['teacher_hidden']}, "
         f"vocabulary {cfg['vocab']}, {cfg['dtype']}, T = {TEMPERATURE}, PTLoss ε = {EPSILON}, loss backend "
         f"{cfg['backend']}, chunk {cfg['chunk_size'] or 'default'}; median of {cfg['reps']} interleaved "
@@ -223,6 +225,7 @@ def main() -> None:
     if args.memory_of:
         print(json.dumps({"peak_mib": measure_memory(args, dtype)}))
         return
+    load_before = os.getloadavg()  # the machine may be shared: wall times scale with its load
     print(f"timing {len(VARIANTS)} variants, {args.reps} repetitions each", flush=True)
     timings = time_all(args, dtype)
     peaks = {name: None if args.no_memory else memory_in_subprocess(args, name) for name in VARIANTS}
@@ -230,7 +233,7 @@ def main() -> None:
     fused_peaks = [peaks[n] for n in ("fused KD", "fused PTLoss (M=5)")]
     ratio = None if naive is None or None in fused_peaks else round(max(fused_peaks) / naive, 3)
     result = {
-        "environment": environment(),
+        "environment": {**environment(), "load_avg_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
         "config": {
             key: getattr(args, key)
             for key in ("tokens", "hidden", "teacher_hidden", "vocab", "dtype", "reps", "chunk_size", "backend")
