@@ -1,7 +1,7 @@
 """Token-level distillation losses of an LM head: naive (materialised logits) vs kdlab's fused chunked path.
 
     python benchmarks/lm_loss.py                 # CPU sizes: 2048 tokens, hidden 256 / 512, vocab 32000, fp32
-    python benchmarks/lm_loss.py --reps 7        # more repetitions (default 3)
+    python benchmarks/lm_loss.py --reps 9        # more repetitions (default 5)
 
 Every variant computes, from student hidden states (tokens, H) + head (V, H) and teacher hidden states
 (tokens, H_t) + head (V, H_t), the distillation loss and the gradients of the student's hidden states and
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--teacher-hidden", type=int, default=512)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--backend", choices=["auto", "eager", "compile"], default="auto")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
