@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/ptloss_fmnist.py
 	$(PY) benchmarks/capacity_gap_fmnist.py
 	$(PY) benchmarks/fidelity_fmnist.py
+	$(PY) benchmarks/lm_loss.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

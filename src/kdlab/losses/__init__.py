@@ -9,12 +9,14 @@ from ._fused import get_backend, set_backend
 from .ce import cross_entropy
 from .dkd import dkd_loss, dkd_terms
 from .focal import focal_kd
+from .fused_linear import fused_linear_distill
 from .kd import kd_loss, label_smoothing_kd
 from .modules import CrossEntropy, DKDLoss, FocalKD, KDLoss, LabelSmoothingKD, Poly1KD, PTLoss
 from .proxy import proxy_teacher
 from .ptloss import poly1_kd, ptloss
 from .registry import available, get, register
 from .selection import EpsilonSelection, sample_epsilons, select_ptloss_epsilon
+from .sparse_teacher import SparseTeacher, sparse_teacher_from_logits
 
 __all__ = [
     "CrossEntropy",
@@ -25,11 +27,13 @@ __all__ = [
     "LabelSmoothingKD",
     "PTLoss",
     "Poly1KD",
+    "SparseTeacher",
     "available",
     "cross_entropy",
     "dkd_loss",
     "dkd_terms",
     "focal_kd",
+    "fused_linear_distill",
     "get",
     "get_backend",
     "kd_loss",
@@ -41,4 +45,5 @@ __all__ = [
     "sample_epsilons",
     "select_ptloss_epsilon",
     "set_backend",
+    "sparse_teacher_from_logits",
 ]
