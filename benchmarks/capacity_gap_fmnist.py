@@ -32,6 +32,7 @@ from _env import environment
 from kdlab.engine import cache_logits
 from kdlab.engine.chain import chain
 from kdlab.engine.sweep import sweep
+from kdlab.eval.plots import save_png
 from kdlab.io import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,11 +284,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[1].legend(fontsize=8)
     fig.suptitle(f"MLP(16) student on {result['data']}: mean ± std over seeds {result['seeds']}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

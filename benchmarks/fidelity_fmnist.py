@@ -28,6 +28,7 @@ from _env import environment
 
 from kdlab.engine import cache_logits, distill, train
 from kdlab.engine.metrics_log import read_metrics
+from kdlab.eval.plots import save_png
 from kdlab.io import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,7 +240,7 @@ def plots(table: dict, curves: dict, top: int, epochs: list[int], aug_epochs: in
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Pure distillation on Fashion-MNIST, {top} epochs, mean ± std over seeds")
     fig.tight_layout()
-    paths.append(_save(fig, prefix.with_name(prefix.name + "_curves.png")))
+    paths.append(save_png(fig, prefix.with_name(prefix.name + "_curves.png"), dpi=100))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     conditions = [("plain", e) for e in epochs] + [(a, aug_epochs) for a in AUGMENTS if a != "plain"]
@@ -256,19 +257,8 @@ def plots(table: dict, curves: dict, top: int, epochs: list[int], aug_epochs: in
         ax.legend()
     fig.suptitle("Train vs test agreement: epochs and augmented distillation data")
     fig.tight_layout()
-    paths.append(_save(fig, prefix.with_name(prefix.name + "_agreement.png")))
+    paths.append(save_png(fig, prefix.with_name(prefix.name + "_agreement.png"), dpi=100))
     return paths
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
 
 
 def markdown(result: dict, table: dict, verdict_lines: list[str], plot_paths: list[Path]) -> str:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment
 
 from kdlab.engine import cache_logits, distill, train
+from kdlab.eval.plots import save_png
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.losses import sample_epsilons, select_ptloss_epsilon
 
@@ -387,11 +388,7 @@ def plot_study(per_teacher: dict, seeds: list[int], path: Path) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path, dpi=110)
 
 
 def plot_rows(per_teacher: dict, path: Path) -> None:
@@ -418,10 +415,7 @@ def plot_rows(per_teacher: dict, path: Path) -> None:
         ax.set_title(f"teacher {name} (test {t['teacher']:.4f})")
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from .plots import save_png
+
 
 def plot_selection(selection, path: Path) -> Path:
     """Two panels: sorted proxy scores (lower = closer to the labels), and score against eps_1."""
@@ -35,9 +37,5 @@ def plot_selection(selection, path: Path) -> Path:
         title=f"T = {selection.temperature}",
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path, dpi=110)
     return path

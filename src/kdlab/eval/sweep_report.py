@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 
 from kdlab.io import atomic_write_json, atomic_write_text
 
+from .plots import save_png
+
 METRICS = (("test acc", "accuracy"), ("NLL", "nll"), ("ECE", "ece"), ("agree", "agreement"))
 
 
@@ -123,11 +125,7 @@ def plot(result, path: Path) -> Path:
     if any(line for line in series):
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path, dpi=120)
     return path
 
 
