@@ -34,6 +34,7 @@ from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.losses import sample_epsilons, select_ptloss_epsilon
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SPLIT_SEED = 0  # every run uses the teachers' validation split; the seeds vary initialisation and batch order
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -57,7 +58,7 @@ class Bench:
         self.args = args
         self.runs = args.runs
         self.base = {
-            "data": {"name": args.data},
+            "data": {"name": args.data, "split_seed": SPLIT_SEED},  # the validation rows the teachers never saw
             "model": {"name": "mlp", "kwargs": {"hidden": [args.student_width]}},
             "train": {
                 "epochs": args.epochs,
@@ -143,7 +144,7 @@ def run_teacher(bench: Bench, teacher: Path, seed: int, grids: dict) -> dict:
     logits = read_cache(cache, meta["data_fingerprint"], meta["teacher_fingerprint"])
     from kdlab.data import load_dataset
 
-    labels = load_dataset(bench.args.data, seed=seed).y_val
+    labels = load_dataset(bench.args.data, seed=SPLIT_SEED).y_val  # the rows the cached "val" logits belong to
     start = time.perf_counter()
     selection = select_ptloss_epsilon(logits["val"], labels, temperature=1.0, candidates=grids["k"], order=5, seed=seed)
     select_seconds = time.perf_counter() - start
