@@ -300,8 +300,13 @@ def compress_command(config: Path = CONFIG, set_: list[str] = SET, overwrite: bo
         console.print(summary_table([summary], f"compressed: {summary['name']}"))
         info = summary["compress"]
         for step in info["steps"]:
+            pruned = (
+                f"hidden {step['hidden']} (units removed: {step['target_sparsity']:.3f})"
+                if "hidden" in step
+                else f"weight sparsity {step['sparsity']:.3f} (target {step['target_sparsity']:.3f})"
+            )
             console.print(
-                f"step {step['step']}: sparsity {step['sparsity']:.3f} (target {step['target_sparsity']:.3f}), "
+                f"step {step['step']}: {pruned}, "
                 f"{step['parameters']} parameters, {step['nonzero_parameters']} non-zero, "
                 f"{step['linear_macs']} linear MACs, test acc {step['test_accuracy']:.4f}"
             )
