@@ -117,7 +117,7 @@ def test_structured_pruning_makes_a_wide_mlp_faster():
     model = models.create("mlp", 10, (2048,), hidden=[2048, 2048]).eval()
     small, widths = structured_prune_mlp(model, 0.75)
     assert widths == [512, 512]
-    assert linear_macs(small) == 2048 * 512 + 512 * 512 + 512 * 10  # vs 2048*2048*2 + 20480: 6.3x fewer
+    assert linear_macs(small) == 2048 * 512 + 512 * 512 + 512 * 10  # vs 2048*2048*2 + 20480: 6.4x fewer
     x = torch.randn(64, 2048)
     ratios = [_median_ms(small, x) / _median_ms(model, x) for _ in range(2)]  # two rounds: robust to a busy host
     assert min(ratios) <= 0.8, ratios
