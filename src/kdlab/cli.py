@@ -290,6 +290,31 @@ def demo_command(
     console.print(summary_table(rows, "kdlab demo: scikit-learn digits, test split"))
 
 
+@app.command("compress")
+def compress_command(config: Path = CONFIG, set_: list[str] = SET, overwrite: bool = OVERWRITE):
+    """Prune a finished run's model (compress.source) and recover it with the config's method (ce = fine-tune)."""
+    from kdlab.compress.recover import compress
+
+    summary = compress(config, set_, overwrite=overwrite)
+    if _main_process():
+        console.print(summary_table([summary], f"compressed: {summary['name']}"))
+        info = summary["compress"]
+        for step in info["steps"]:
+            pruned = (
+                f"hidden {step['hidden']} (units removed: {step['target_sparsity']:.3f})"
+                if "hidden" in step
+                else f"weight sparsity {step['sparsity']:.3f} (target {step['target_sparsity']:.3f})"
+            )
+            console.print(
+                f"step {step['step']}: {pruned}, "
+                f"{step['parameters']} parameters, {step['nonzero_parameters']} non-zero, "
+                f"{step['linear_macs']} linear MACs, test acc {step['test_accuracy']:.4f}"
+            )
+        source_acc = info["source_test_accuracy"]
+        shown = "-" if source_acc is None else f"{source_acc:.4f}"
+        console.print(f"source {info['source']}: {info['before']['parameters']} parameters, test acc {shown}")
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings for the user (e.g. an overlapping split) as one yellow line, not Python's two-line format."""
     Console(stderr=True, width=console.width).print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)

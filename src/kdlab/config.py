@@ -138,6 +138,21 @@ class TrackingConfig(_Strict):
     mlflow_uri: str | None = None
 
 
+class PruneConfig(_Strict):
+    kind: Literal["unstructured", "structured"] = "unstructured"
+    sparsity: float = Field(0.5, ge=0, lt=1)
+    steps: int = Field(1, ge=1)  # iterative: prune a step, recover train.epochs, repeat
+    schedule: Literal["geometric", "linear"] = "geometric"
+    norm: Literal["l1", "l2"] = "l1"  # structured: unit score = norm of its incoming weights
+
+
+class CompressConfig(_Strict):
+    """``kdlab compress``: prune the model of the finished run ``source``, then recover with ``method``."""
+
+    source: str
+    prune: PruneConfig = PruneConfig()
+
+
 class RunConfig(_Strict):
     name: str = "run"
     out: str = "runs/run"
@@ -149,6 +164,7 @@ class RunConfig(_Strict):
     train: TrainConfig = TrainConfig()
     cache: CacheConfig = CacheConfig()
     tracking: TrackingConfig = TrackingConfig()
+    compress: CompressConfig | None = None
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

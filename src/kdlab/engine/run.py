@@ -146,7 +146,10 @@ def _cache_file(cfg: RunConfig, source, data) -> Path:
     return source.directory / f"logits-{data.fingerprint[:16]}{source.tag}.safetensors"
 
 
-def _run(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, callbacks=None) -> dict[str, Any]:
+def _run(
+    cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, callbacks=None, student: nn.Module | None = None
+) -> dict[str, Any]:
+    """One training run; ``student``: start from this model (e.g. a pruned one) instead of a fresh ``cfg.model``."""
     wall_start = time.perf_counter()
     out = Path(cfg.out)
     if distilling and cfg.teacher is None:
@@ -168,7 +171,7 @@ def _run(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, cal
     if getattr(method, "needs_selection", False):  # ptloss with epsilon: auto
         write_selection(out, _select_epsilon(method, teacher, cached, data, acc, cfg), acc)
     torch.manual_seed(cfg.seed)
-    student = build_student(cfg, data)
+    student = build_student(cfg, data) if student is None else student
     if acc.trackers is not None and (cfg.tracking.tensorboard or cfg.tracking.mlflow):
         acc.init_trackers(cfg.name, config=_flat(cfg.model_dump(mode="json")))
     result = fit(

@@ -1,0 +1,209 @@
+"""Pruning (kdlab.compress) and ``kdlab compress``: exact sparsity, shrunk MLPs, fewer MACs, faster, recoverable."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from kdlab import models
+from kdlab.cli import main
+from kdlab.compress import (
+    ReapplyMasks,
+    global_magnitude_prune,
+    linear_macs,
+    sparsity_report,
+    step_targets,
+    structured_prune_mlp,
+)
+from kdlab.compress.recover import compress
+from kdlab.config import ConfigError
+from kdlab.engine import evaluate, train
+
+
+def _weights(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([m.weight.detach().flatten() for m in model.modules() if isinstance(m, torch.nn.Linear)])
+
+
+@pytest.mark.parametrize("sparsity", [0.37, 0.9])
+def test_global_magnitude_pruning_is_exact_and_keeps_the_largest(sparsity):
+    model = models.create("mlp", 5, (12,), hidden=[20, 7])
+    before = _weights(model).clone()
+    n = before.numel()  # 12*20 + 20*7 + 7*5 = 415
+    assert n == 415
+    global_magnitude_prune(model, sparsity)
+    after = _weights(model)
+    zeros = after == 0
+    assert int(zeros.sum()) == round(sparsity * 415)
+    assert before[~zeros].abs().min() >= before[zeros].abs().max()  # global: smallest magnitudes went, any layer
+    assert torch.equal(after[~zeros], before[~zeros])  # survivors untouched
+    assert all(not k.endswith(("_orig", "_mask")) for k in model.state_dict())  # permanent: plain tensors
+    report = sparsity_report(model)
+    assert report["sparsity"] == round(sparsity * 415) / 415
+    assert report["nonzero_parameters"] == 415 - round(sparsity * 415) + 20 + 7 + 5  # biases untouched
+
+
+def test_iterative_pruning_schedules_and_nesting():
+    assert step_targets(0.75, 2) == pytest.approx([0.5, 0.75])  # geometric: keep 1/2, then 1/2 of that
+    assert step_targets(0.75, 3, "linear") == pytest.approx([0.25, 0.5, 0.75])
+    assert step_targets(0.5, 1) == [0.5]
+    model = models.create("mlp", 3, (10,), hidden=[10])  # 130 weights
+    global_magnitude_prune(model, 0.5)
+    first = _weights(model) == 0
+    global_magnitude_prune(model, 0.8)
+    second = _weights(model) == 0
+    assert int(first.sum()) == 65 and int(second.sum()) == 104
+    assert bool((second | ~first).all())  # what was pruned stays pruned
+
+
+def test_reapply_masks_keeps_sparsity_through_training():
+    model = models.create("mlp", 3, (10,), hidden=[10])
+    global_magnitude_prune(model, 0.6)
+    keep = ReapplyMasks(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.randn(8, 10)), torch.randint(0, 3, (8,))).backward()
+        opt.step()
+        keep()
+    assert int((_weights(model) == 0).sum()) == 78  # 0.6 * 130
+
+
+def test_structured_mlp_pruning_removes_dead_units_exactly():
+    model = models.create("mlp", 3, (6,), hidden=[8, 6])
+    with torch.no_grad():
+        first, second = model.body[0][0], model.body[1][0]
+        for unit in (1, 4, 6, 7):  # dead: zero incoming weights and bias -> ReLU output 0
+            first.weight[unit] = 0
+            first.bias[unit] = 0
+        for unit in (0, 2, 5):
+            second.weight[unit] = 0
+            second.bias[unit] = 0
+    small, widths = structured_prune_mlp(model, 0.5)
+    assert widths == [4, 3]
+    x = torch.randn(32, 6)
+    torch.testing.assert_close(small(x), model(x), rtol=0, atol=1e-6)
+    # parameters by hand: 6*8+8 + 8*6+6 + 6*3+3 = 131  ->  6*4+4 + 4*3+3 + 3*3+3 = 55
+    assert models.count_parameters(model) == 131 and models.count_parameters(small) == 55
+    assert linear_macs(model) == 6 * 8 + 8 * 6 + 6 * 3 == 114
+    assert linear_macs(small) == 6 * 4 + 4 * 3 + 3 * 3 == 45
+    rebuilt = models.create("mlp", 3, (6,), hidden=widths)  # what config.yaml describes loads the weights
+    rebuilt.load_state_dict(small.state_dict())
+    # iterative: widths are fractions of the original (base) widths
+    _, widths = structured_prune_mlp(small, 0.75, base_widths=[8, 6])
+    assert widths == [2, 2]
+
+
+def _median_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int = 7) -> float:
+    times = []
+    with torch.inference_mode():
+        for _ in range(2):
+            model(x)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def test_structured_pruning_makes_a_wide_mlp_faster():
+    torch.manual_seed(0)
+    model = models.create("mlp", 10, (2048,), hidden=[2048, 2048]).eval()
+    small, widths = structured_prune_mlp(model, 0.75)
+    assert widths == [512, 512]
+    assert linear_macs(small) == 2048 * 512 + 512 * 512 + 512 * 10  # vs 2048*2048*2 + 20480: 6.4x fewer
+    x = torch.randn(64, 2048)
+    ratios = [_median_ms(small, x) / _median_ms(model, x) for _ in range(2)]  # two rounds: robust to a busy host
+    assert min(ratios) <= 0.8, ratios
+
+
+def assert_one_line_error(monkeypatch, capsys, args: list[str], fragment: str) -> None:
+    """Through the real entry point (in process: a subprocess costs ~10 s of imports on a busy host)."""
+    monkeypatch.setattr(sys, "argv", ["kdlab", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], err
+
+
+TRAIN = {"batch_size": 64, "progress": False, "train_eval_size": 0, "optimizer": {"lr": 0.05}}
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compress") / "source"
+    cfg = {
+        "name": "src",
+        "out": str(out),
+        "data": {"name": "digits"},
+        "model": {"name": "mlp", "kwargs": {"hidden": [64]}},
+    }
+    train({**cfg, "train": {**TRAIN, "epochs": 4}})
+    return out
+
+
+def test_compress_structured_with_kd_from_the_unpruned_model(source_run, tmp_path):
+    out = tmp_path / "pruned"
+    cfg = {
+        "name": "pruned",
+        "out": str(out),
+        "data": {"name": "digits"},
+        "compress": {"source": str(source_run), "prune": {"kind": "structured", "sparsity": 0.5, "steps": 2}},
+        "method": {"name": "kd", "temperature": 4.0, "alpha": 0.1, "beta": 0.9},
+        "train": {**TRAIN, "epochs": 1},
+    }
+    summary = compress(cfg)
+    info = summary["compress"]
+    assert [s["hidden"] for s in info["steps"]] == [[45], [32]]  # 64 * (1 - (1 - sqrt(0.5))) = 45.25 -> 45
+    assert info["before"]["parameters"] == 64 * 64 + 64 + 64 * 10 + 10 == 4810
+    assert summary["parameters"] == 64 * 32 + 32 + 32 * 10 + 10 == 2410
+    assert summary["teacher"].startswith("mlp from")  # the unpruned source by default
+    assert summary["test_accuracy"] >= 0.9, summary["test_accuracy"]
+    evaluated = evaluate(out, splits=("test",))  # config.yaml describes the smaller model
+    assert evaluated["parameters"] == 2410
+    assert evaluated["test"]["accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert json.loads((out / "summary.json").read_text())["compress"]["after"]["linear_macs"] == 64 * 32 + 32 * 10
+
+
+def test_compress_unstructured_fine_tune_keeps_exact_sparsity(source_run, tmp_path):
+    cfg = {
+        "name": "sparse",
+        "out": str(tmp_path / "sparse"),
+        "data": {"name": "digits"},
+        "compress": {"source": str(source_run), "prune": {"kind": "unstructured", "sparsity": 0.8}},
+        "train": {**TRAIN, "epochs": 2},
+    }
+    summary = compress(cfg)
+    assert "method:\n  name: ce" in (tmp_path / "sparse" / "config.yaml").read_text()  # plain fine-tune
+    assert summary["sparsity"] == round(0.8 * 4736) / 4736  # 64*64 + 64*10 prunable weights, masks kept in training
+    assert summary["parameters"] == 4810
+    assert summary["nonzero_parameters"] == 4810 - round(0.8 * 4736)
+    assert summary["test_accuracy"] >= 0.9, summary["test_accuracy"]
+
+
+def test_compress_errors_are_one_line(source_run, tmp_path, monkeypatch, capsys):
+    base = {"data": {"name": "digits"}, "train": {**TRAIN, "epochs": 1}, "out": str(tmp_path / "run")}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(json.dumps({**base, "compress": {"source": str(tmp_path / "nope")}}))
+    assert_one_line_error(monkeypatch, capsys, ["compress", str(path)], "is not a finished kdlab run directory")
+    cnn = tmp_path / "cnn"
+    cnn.mkdir()
+    (cnn / "config.yaml").write_text(
+        json.dumps({"data": {"name": "digits"}, "model": {"name": "cnn", "kwargs": {"width": 4}}})
+    )
+    save_file(models.create("cnn", 10, (1, 8, 8), width=4).state_dict(), str(cnn / "model.safetensors"))
+    with pytest.raises(ConfigError, match="supports mlp models only"):  # same ConfigError -> one line via the CLI
+        compress({**base, "compress": {"source": str(cnn), "prune": {"kind": "structured"}}})
+    with pytest.raises(ConfigError, match="needs a 'compress' section"):
+        compress(base)
+    with pytest.raises(ConfigError, match=r"compress\.prune\.sparsity"):
+        compress({**base, "compress": {"source": str(source_run), "prune": {"sparsity": 1.0}}})
+    assert not (tmp_path / "run").exists()
