@@ -12,3 +12,12 @@ def _seed_and_backend():
     backend = losses.get_backend()
     yield
     losses.set_backend(backend)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one torch thread avoids oversubscribing a shared CPU (several times faster there)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

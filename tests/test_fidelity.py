@@ -16,13 +16,7 @@ from kdlab.engine.loop import train_eval_rows
 FAST = {"progress": False, "batch_size": 64, "optimizer": {"lr": 0.05}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one torch thread avoids oversubscribing a shared CPU (several times faster there)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -9,7 +9,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from kdlab.cli import app, main
@@ -19,13 +18,7 @@ from kdlab.eval import plots
 FAST = {"progress": False, "batch_size": 64, "optimizer": {"lr": 0.05}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one torch thread avoids oversubscribing a shared CPU (several times faster there)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Structure(HTMLParser):
