@@ -120,6 +120,14 @@ def test_ptloss_run_reports_proxy_fidelity(tmp_path, teacher_run):
     assert test["proxy_agreement"] == pytest.approx(test["agreement"], abs=1e-12)
 
 
+def test_a_ptloss_run_without_a_proxy_teacher_still_evaluates(tmp_path, teacher_run):
+    # eps_1 = -2 < -1/1: a legal loss, but outside the proxy teacher's range; evaluate must not fail on it
+    method = {"name": "ptloss", "alpha": 0.0, "beta": 1.0, "epsilon": [-2.0]}
+    distill(_student(tmp_path / "p", teacher_run, method=method, train={**FAST, "epochs": 1}))
+    test = evaluate(tmp_path / "p")["test"]
+    assert "kl_proxy" not in test and 0.0 <= test["agreement"] <= 1.0
+
+
 def test_mixup_distillation_uses_the_live_teacher(tmp_path, teacher_run):
     plain = distill(_student(tmp_path / "a", teacher_run))
     mixed = distill(_student(tmp_path / "b", teacher_run, data={"name": "digits", "augment": {"mixup_alpha": 1.0}}))

@@ -354,7 +354,10 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "te
         proxy = None
         if epsilon is not None and t_logits is not None:
             temperature = cfg.method.params().get("temperature", 1.0)
-            proxy = proxy_teacher(torch.softmax(t_logits.double().cpu() / temperature, -1), epsilon)
+            try:
+                proxy = proxy_teacher(torch.softmax(t_logits.double().cpu() / temperature, -1), epsilon)
+            except ValueError:  # an epsilon outside 1/m + eps >= 0 trains fine but has no proxy teacher
+                proxy = None
         logits = predict(student, x, data.num_classes, batch, acc)
         result[split] = full_evaluation(
             logits, y, t_logits, proxy, proxy_temperature=cfg.method.params().get("temperature", 1.0)
