@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
@@ -56,11 +55,10 @@ def split_seed(seed: int, data_split_seed: int | None) -> int:
     return seed if data_split_seed is None else data_split_seed
 
 
-def _warn_if_split_overlaps(cfg: RunConfig, teacher_run: Path) -> None:
+def _warn_if_split_overlaps(cfg: RunConfig, source) -> None:
     """A teacher trained on another split of the same data has seen this run's validation rows: say so."""
-    try:
-        raw = yaml.safe_load((teacher_run / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    raw = source.run_config
+    if raw is None:  # a teacher from weights: its split is unknown
         return
     data = raw.get("data") or {}
     theirs = split_seed(raw.get("seed", 0), data.get("split_seed"))
@@ -68,8 +66,8 @@ def _warn_if_split_overlaps(cfg: RunConfig, teacher_run: Path) -> None:
     same_data = data.get("name") == cfg.data.name and data.get("path") == cfg.data.path
     if same_data and (theirs != ours or data.get("val_fraction") != cfg.data.val_fraction):
         warnings.warn(
-            f"the teacher ({teacher_run}) was trained on the split of seed {theirs}, this run uses seed {ours}: the "
-            "teacher trained on most of this run's validation rows, so its validation outputs (and a PTLoss "
+            f"the teacher ({source.directory}) was trained on the split of seed {theirs}, this run uses seed {ours}: "
+            "the teacher trained on most of this run's validation rows, so its validation outputs (and a PTLoss "
             f"epsilon selected on them) are optimistic; set data.split_seed: {theirs} to share its split",
             stacklevel=2,
         )
@@ -124,8 +122,7 @@ def _new_accelerator(**kwargs) -> Accelerator:
 def _teacher_and_cache(cfg: RunConfig, data) -> tuple[nn.Module | None, dict | None, str]:
     """The live teacher, or cached logits when a valid cache exists and augmentation is off."""
     source = resolve_teacher(cfg.teacher)
-    if cfg.teacher.run is not None:
-        _warn_if_split_overlaps(cfg, Path(cfg.teacher.run))
+    _warn_if_split_overlaps(cfg, source)
     cache_file = _cache_file(cfg, source, data)
     augmenting = cfg.data.augment.enabled
     if cfg.cache.use == "require":

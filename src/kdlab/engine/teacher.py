@@ -21,6 +21,7 @@ class TeacherSource:
     weights: Path
     directory: Path  # where a logit cache lives by default
     tag: str = ""  # distinguishes the caches of one run's kept epochs ("-epoch3")
+    run_config: dict | None = None  # a teacher run's config.yaml, as written (its data split, seed, ...)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -43,12 +44,12 @@ def resolve_teacher(cfg: TeacherConfig) -> TeacherSource:
             weights, tag = epoch_weights(run, cfg.checkpoint_epoch, raw), f"-epoch{cfg.checkpoint_epoch}"
         directory = run
     else:
-        model_cfg, weights = cfg.model, Path(cfg.weights)
+        model_cfg, weights, raw = cfg.model, Path(cfg.weights), None
         directory = weights.parent
     if not weights.is_file():
         hint = " (was the teacher run finished, and that epoch kept?)" if cfg.run else ""
         raise ConfigError(f"teacher weights not found: {weights}{hint}")
-    return TeacherSource(model_cfg=model_cfg, weights=weights, directory=directory, tag=tag)
+    return TeacherSource(model_cfg=model_cfg, weights=weights, directory=directory, tag=tag, run_config=raw)
 
 
 def kept_epochs(run: Path) -> list[int]:
