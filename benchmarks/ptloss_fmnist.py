@@ -109,7 +109,8 @@ def run_teacher(bench: Bench, teacher: Path, seed: int, grids: dict) -> dict:
         s = bench.student(teacher, seed, tag, method)
         return {"test": s["test_accuracy"], "val": s["val"]["accuracy"], "seconds": s["train_seconds"]}
 
-    def best_of(prefix: str, candidates: dict[str, dict]) -> None:
+    def best_of(prefix: str, candidates: dict[str, dict]) -> dict:
+        """Train every candidate, add a row for each and one for the best on validation; return its method."""
         results = {tag: one(tag, m) for tag, m in candidates.items()}
         for tag, r in results.items():
             rows[tag] = {**r, "choice_seconds": 0.0}
@@ -119,9 +120,10 @@ def run_teacher(bench: Bench, teacher: Path, seed: int, grids: dict) -> dict:
             "choice": best,
             "choice_seconds": sum(r["seconds"] for r in results.values()),
         }
+        return candidates[best]
 
     rows["CE only"] = {**one("ce", {"name": "ce"}), "choice_seconds": 0.0}
-    best_of("KD", {f"KD T={t}": {"name": "kd", "temperature": t} for t in grids["kd_t"]})
+    best_kd = best_of("KD", {f"KD T={t}": {"name": "kd", "temperature": t} for t in grids["kd_t"]})
     rows["label smoothing KD"] = {**one("ls", {"name": "label_smoothing"}), "choice_seconds": 0.0}
     best_of("Poly-1", {f"Poly-1 eps={e}": {"name": "poly1", "epsilon": e} for e in grids["poly1"]})
     rows["focal KD"] = {**one("focal", {"name": "focal"}), "choice_seconds": 0.0}
@@ -156,7 +158,7 @@ def run_teacher(bench: Bench, teacher: Path, seed: int, grids: dict) -> dict:
     }
     # the same selection at the temperature KD chose on validation: PTLoss gets the T tuning KD got, and pays for it
     kd_choice = rows["KD (best on val)"]
-    kd_t = float(kd_choice["choice"].split("=")[1])
+    kd_t = float(best_kd["temperature"])
     if kd_t == 1.0:
         at_kd_t, seconds = chosen, select_seconds
     else:
