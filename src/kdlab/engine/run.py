@@ -340,6 +340,7 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "te
         teacher = teacher.to(acc.device)
     epsilon = _proxy_epsilon(cfg, run, data.num_classes) if teacher is not None or cached else None
     batch = cfg.train.eval_batch_size
+    temperature = cfg.method.params().get("temperature", 1.0)
     result: dict[str, Any] = {}
     for split in splits:
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
@@ -350,15 +351,12 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "te
             t_logits = predict(teacher, x, data.num_classes, batch, acc)
         proxy = None
         if epsilon is not None and t_logits is not None:
-            temperature = cfg.method.params().get("temperature", 1.0)
             try:
                 proxy = proxy_teacher(torch.softmax(t_logits.double().cpu() / temperature, -1), epsilon)
             except ValueError:  # an epsilon outside 1/m + eps >= 0 trains fine but has no proxy teacher
-                proxy = None
+                epsilon = None  # the same for every split: do not try again
         logits = predict(student, x, data.num_classes, batch, acc)
-        result[split] = full_evaluation(
-            logits, y, t_logits, proxy, proxy_temperature=cfg.method.params().get("temperature", 1.0)
-        )
+        result[split] = full_evaluation(logits, y, t_logits, proxy, proxy_temperature=temperature)
     result["parameters"] = models.count_parameters(student)
     result["teacher"] = cfg.teacher is not None and (teacher is not None or cached is not None)
     atomic_write_json(run / "evaluation.json", result)
