@@ -10,12 +10,12 @@ import torch
 
 pytest.importorskip("transformers")
 
-from tokenizers import Tokenizer  # noqa: E402
-from tokenizers.models import WordLevel  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from kdlab.engine.sparse_logit_cache import SparseLogitCache  # noqa: E402
-from kdlab.hf import (  # noqa: E402
+from kdlab.engine.sparse_logit_cache import SparseLogitCache
+from kdlab.hf import (
     CausalLMCollator,
     DistillationTrainer,
     DistillMethod,
@@ -69,9 +69,7 @@ def reference_loss(student, teacher, batch, method: DistillMethod) -> torch.Tens
         per_token = torch.nn.functional.kl_div(log_p, log_q, reduction="none", log_target=True).sum(-1)
         if method.name == "ptloss":
             u = 1 - log_p.exp()
-            per_token = per_token + sum(
-                (log_q.exp() * e * u ** (m + 1)).sum(-1) for m, e in enumerate(method.epsilon)
-            )
+            per_token = per_token + sum((log_q.exp() * e * u ** (m + 1)).sum(-1) for m, e in enumerate(method.epsilon))
     elif method.name == "reverse_kl":
         per_token = (log_p.exp() * (log_p - log_q)).sum(-1)
     else:  # jsd, beta = 1/2
@@ -160,9 +158,7 @@ def test_a_different_vocabulary_or_tokenizer_is_one_clear_error(models, tmp_path
     same, other = _tokenizer(["a", "b", "c"]), _tokenizer(["a", "c", "b"])
     check_same_tokenizer(student, teacher, same, _tokenizer(["a", "b", "c"]))
     with pytest.raises(ValueError, match=r"tokenizer vocabularies \(5 and 5 tokens, 2 differ\)"):
-        DistillationTrainer(
-            model=student, teacher=teacher, method="kd", processing_class=same, teacher_tokenizer=other
-        )
+        DistillationTrainer(model=student, teacher=teacher, method="kd", processing_class=same, teacher_tokenizer=other)
     write_teacher_cache(tiny_llama(16, vocab=101), sequences(2, seed=7), tmp_path / "c101", k=4)
     with pytest.raises(ValueError, match="logit cache has 101 classes, the student's output layer 97"):
         DistillationTrainer(model=student, logit_cache=tmp_path / "c101", method="kd")
