@@ -16,10 +16,10 @@ import torch
 pytest.importorskip("transformers")
 
 from safetensors.torch import load_file
-from test_hf import sequences, tiny_llama  # tests/ is on sys.path (pytest's rootdir-relative import)
+from test_hf import VOCAB, sequences, tiny_llama  # tests/ is on sys.path (pytest's rootdir-relative import)
 from transformers import TrainingArguments
 
-from kdlab.hf import CausalLMCollator, DistillationTrainer, DistillMethod, distillation_loss
+from kdlab.hf import CausalLMCollator, DistillationTrainer, DistillMethod, distillation_loss, write_teacher_cache
 
 REPO = Path(__file__).resolve().parents[1]
 LR = 0.5
@@ -50,13 +50,24 @@ def _args(out: Path, per_device: int, accumulation: int, **extra) -> TrainingArg
     return TrainingArguments(**settings)
 
 
-def distil_one_step(out: Path, per_device: int, accumulation: int, examples: int, **extra) -> DistillationTrainer:
-    """The same tiny student, teacher and data every time; one optimizer step over all ``examples``."""
+def distil_one_step(
+    out: Path, per_device: int, accumulation: int, examples: int, cache_k: int = 0, **extra
+) -> DistillationTrainer:
+    """The same tiny student, teacher and data every time; one optimizer step over all ``examples``.
+
+    ``cache_k`` > 0: the teacher's top-k logits are cached first and the trainer reads them instead.
+    """
     student, teacher = tiny_llama(32, seed=1), tiny_llama(48, seed=2)
-    data = [{"input_ids": s} for s in sequences(examples, seed=11, shortest=2, longest=14)]
+    tokens = sequences(examples, seed=11, shortest=2, longest=14)
+    data = [{"input_ids": s} for s in tokens]
+    source = {"teacher": teacher}
+    if cache_k:
+        offsets = write_teacher_cache(teacher, tokens, out / "cache", k=cache_k)
+        data = [dict(d, cache_offset=o) for d, o in zip(data, offsets, strict=True)]
+        source = {"logit_cache": out / "cache"}
     trainer = DistillationTrainer(
         model=student,
-        teacher=teacher,
+        **source,
         method=METHOD,
         args=_args(out, per_device, accumulation, **extra),
         train_dataset=data,
@@ -116,6 +127,17 @@ def test_accumulating_4_by_8_equals_1_by_32_and_the_teacher_is_frozen_and_not_sa
     assert sum(len(group["params"]) for group in state["param_groups"]) == len(student_state)
     all_files = {p.name for p in checkpoint.iterdir()}
     assert not any("teacher" in name for name in all_files), all_files
+
+
+def test_the_trainer_reads_the_logit_cache_rows_of_each_example(tmp_path, one_thread):
+    """k = vocabulary: the cached teacher gives the teacher model's step (up to float16 storage of the logits);
+    the rows are found through the ``cache_offset`` column, which the trainer keeps although the model does not
+    take it (``remove_unused_columns``)."""
+    expected = _one_big_batch_step(16)
+    cached = distil_one_step(tmp_path, per_device=8, accumulation=2, examples=16, cache_k=VOCAB)
+    assert cached.args.remove_unused_columns
+    for name, p in cached.model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
 def _free_port() -> int:
