@@ -91,6 +91,8 @@ class DistillationTrainer(Trainer):
         loss, outputs = compute_distillation(model, self.teacher, inputs, self.method, num_items)
         if num_items is not None and self.accelerator.num_processes > 1:
             loss = loss * self.accelerator.num_processes
+        elif num_items is None and model.training:  # called without a count (not from train()): a per-batch mean
+            loss = loss / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         return (loss, outputs) if return_outputs else loss
 
     def get_batch_samples(
