@@ -167,7 +167,7 @@ def check_same_tokenizer(
         sizes = [getattr(getattr(m, "config", None), "vocab_size", None) for m in (student, teacher)]
         if None not in sizes and sizes[0] != sizes[1]:
             problems.append(f"config.vocab_size {sizes[0]} (student) and {sizes[1]} (teacher)")
-    if student_tokenizer is not None and teacher_tokenizer is not None:
+    if all(callable(getattr(tok, "get_vocab", None)) for tok in (student_tokenizer, teacher_tokenizer)):
         s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
         if s_vocab != t_vocab:
             differ = sum(1 for token in s_vocab.keys() | t_vocab.keys() if s_vocab.get(token) != t_vocab.get(token))
