@@ -1,0 +1,36 @@
+"""Hugging Face integration (optional extra ``kdlab[hf]``): distil causal language models with ``transformers``.
+
+* ``DistillationTrainer``: a ``transformers.Trainer`` whose loss is token-level KD/PTLoss/reverse KL/JSD,
+  fused with the student's output layer (the tokens × vocabulary logits never exist), from a teacher
+  model or from a sparse top-k logit cache; the teacher frozen, in eval mode, not trained, not saved.
+* ``distillation_loss``: the same loss as one function for any training loop (a ``compute_loss`` drop-in).
+* ``write_teacher_cache``: run a teacher once over tokenised examples and store its top-k logits.
+
+``import kdlab`` never imports transformers; this package needs it.
+"""
+
+try:
+    import transformers  # noqa: F401
+except ImportError as err:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "kdlab.hf needs Hugging Face transformers, which is not installed: pip install 'kdlab[hf]'"
+    ) from err
+
+from .cache import cache_offsets, sparse_teacher_for_batch, write_teacher_cache
+from .data import CausalLMCollator
+from .loss import check_same_tokenizer, count_target_tokens, distillation_loss, prepare_teacher
+from .method import DistillMethod
+from .trainer import DistillationTrainer
+
+__all__ = [
+    "CausalLMCollator",
+    "DistillMethod",
+    "DistillationTrainer",
+    "cache_offsets",
+    "check_same_tokenizer",
+    "count_target_tokens",
+    "distillation_loss",
+    "prepare_teacher",
+    "sparse_teacher_for_batch",
+    "write_teacher_cache",
+]

@@ -1,0 +1,125 @@
+"""A teacher's top-k logits cached once per example, and the rows of one batch read back from the cache.
+
+Layout (on top of ``kdlab.engine.sparse_logit_cache``): examples are stored in dataset order, one row per
+*real* token of each example (attention mask 1), the teacher's prediction at that position. Example i's
+rows start at ``cache_offset`` = the sum of the lengths of examples 0..i-1 (``cache_offsets``); each batch
+carries that number in a ``cache_offset`` column, so any shuffling, padding or sharding across processes
+still finds the right rows. The fingerprint records the token ids and the teacher's config, so a cache
+made for other data or another teacher is refused by ``SparseLogitCache(dir, expected_fingerprint=...)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.engine.sparse_logit_cache import SparseLogitCache, write_sparse_cache
+from kdlab.losses import SparseTeacher, sparse_teacher_from_logits
+
+CACHE_COLUMN = "cache_offset"
+
+
+def cache_offsets(lengths: Sequence[int]) -> list[int]:
+    """First cache row of each example, given the examples' token counts in dataset order."""
+    offsets, total = [], 0
+    for n in lengths:
+        offsets.append(total)
+        total += int(n)
+    return offsets
+
+
+def data_fingerprint(sequences: Sequence[Sequence[int]]) -> str:
+    digest = hashlib.sha256()
+    for ids in sequences:
+        digest.update(torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    config = getattr(teacher, "config", None)
+    text = config.to_json_string() if hasattr(config, "to_json_string") else type(teacher).__name__
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_teacher_cache(
+    teacher: nn.Module,
+    sequences: Sequence[Sequence[int]],
+    directory: str | Path,
+    *,
+    k: int = 64,
+    batch_size: int = 8,
+    fingerprint: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> list[int]:
+    """Run ``teacher`` once over token-id ``sequences``; store the top-k logits of every token; return the offsets.
+
+    The returned list is each example's ``cache_offset`` (add it to the dataset as a column). The default
+    fingerprint is ``{"data": sha256 of the token ids, "teacher": sha256 of the teacher's config}``.
+    """
+    from .loss import hidden_states, output_head, prepare_teacher  # loss imports this module
+
+    sequences = [list(map(int, ids)) for ids in sequences]
+    if not sequences or min(map(len, sequences)) < 1:
+        raise ValueError("write_teacher_cache needs at least one non-empty sequence of token ids")
+    head = output_head(teacher, "teacher")
+    device = head.weight.device
+    prepare_teacher(teacher, device)
+    fp = fingerprint or {"data": data_fingerprint(sequences), "teacher": teacher_fingerprint(teacher)}
+
+    def parts() -> Iterator[SparseTeacher]:
+        for start in range(0, len(sequences), batch_size):
+            batch = sequences[start : start + batch_size]
+            width = max(map(len, batch))
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, seq in enumerate(batch):
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            with torch.inference_mode():
+                hidden, _ = hidden_states(
+                    teacher, head, {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+                )
+                for row, seq in enumerate(batch):
+                    logits = hidden[row, : len(seq)] @ head.weight.to(hidden.dtype).t()
+                    yield sparse_teacher_from_logits(logits, k).to(torch.device("cpu"))
+
+    write_sparse_cache(directory, parts(), vocab_size=head.weight.shape[0], fingerprint=fp, overwrite=overwrite)
+    return cache_offsets([len(seq) for seq in sequences])
+
+
+def sparse_teacher_for_batch(
+    cache: SparseLogitCache, offsets: Tensor | Sequence[int], attention_mask: Tensor
+) -> SparseTeacher:
+    """The cached rows of a batch as a (B, L, k) SparseTeacher on the CPU; padded positions get inert filler.
+
+    Row j of example b (from ``offsets[b]``) goes to its j-th real position (``attention_mask`` 1), so
+    right and left padding both work.
+    """
+    mask = attention_mask.bool().cpu()
+    batch, width = mask.shape
+    starts = [int(x) for x in (offsets.tolist() if isinstance(offsets, Tensor) else offsets)]
+    if len(starts) != batch:
+        raise ValueError(f"{len(starts)} cache offsets for a batch of {batch} examples")
+    k = cache.k
+    values = torch.zeros(batch, width, k, dtype=torch.float16)
+    indices = torch.arange(k, dtype=torch.long).expand(batch, width, k).clone()
+    # filler rows (padding, never a target): uniform over k classes that hold all the mass
+    log_rest = torch.full((batch, width), float("-inf"), dtype=torch.float32)
+    for b, start in enumerate(starts):
+        positions = mask[b].nonzero().squeeze(1)
+        rows = cache.read(start, start + positions.numel())
+        values[b, positions] = rows.values.to(values.dtype)
+        indices[b, positions] = rows.indices
+        log_rest[b, positions] = rows.log_rest.float()
+    return SparseTeacher(values, indices, log_rest)
+
+
+def load_cache(
+    cache: SparseLogitCache | str | Path, expected_fingerprint: dict[str, str] | None = None
+) -> SparseLogitCache:
+    return cache if isinstance(cache, SparseLogitCache) else SparseLogitCache(cache, expected_fingerprint)
