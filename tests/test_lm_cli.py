@@ -246,3 +246,35 @@ def test_kdlab_and_the_image_tasks_do_not_import_transformers():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_gradient_accumulation_is_exact(corpus):
+    """2 micro-batches of 8 blocks = 1 batch of 16: each micro-batch is divided by the window's target tokens."""
+    from safetensors.torch import load_file
+
+    from kdlab.engine import train
+
+    torch.set_num_threads(1)
+    weights = []
+    for batch, accum in ((16, 1), (8, 2)):
+        path = config(corpus, f"accum{accum}", train={"epochs": 1, "batch_size": batch, "grad_accum": accum})
+        summary = train(path)
+        assert summary["optimizer_steps"] == summary["data"]["train_tokens"] // BLOCK // 16 == 25
+        weights.append(load_file(str(corpus / f"accum{accum}" / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=1e-4, atol=1e-5)
+
+
+def test_stdlib_prefix_and_jsonl_errors(tmp_path):
+    from kdlab.data import DataError
+    from kdlab.data.text import read_documents, resolve_files
+
+    (found,) = resolve_files("train", "stdlib:json/__init__.py")
+    assert found.is_file() and found.parent.name == "json"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"txt": "no"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: expected a JSON object with a string 'text' field"):
+        read_documents([bad])
+    with pytest.raises(DataError, match="data.val: no file matches"):
+        resolve_files("val", str(tmp_path / "*.txt"))

@@ -99,10 +99,20 @@ def train_bpe(files: list[str | Path], vocab_size: int, out: str | Path) -> Path
     return atomic_write_text(Path(out), tok.to_str())
 
 
+STDLIB_PREFIX = "stdlib:"
+
+
 def resolve_files(key: str, spec: str | list[str]) -> list[Path]:
-    """Paths and globs (each glob's matches sorted) in the given order; no match is an error naming the key."""
+    """Paths and globs (each glob's matches sorted) in the given order; no match is an error naming the key.
+
+    ``stdlib:PATTERN`` is relative to Python's standard-library directory: real text on every machine.
+    """
     found: list[Path] = []
     for item in [spec] if isinstance(spec, str) else spec:
+        if item.startswith(STDLIB_PREFIX):
+            import sysconfig
+
+            item = str(Path(sysconfig.get_paths()["stdlib"]) / item[len(STDLIB_PREFIX) :])
         matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
         files = [Path(m) for m in matches if Path(m).is_file()]
         if not files:

@@ -64,7 +64,7 @@ class LMMethodParams(BaseModel):
     scale: float = Field(1.0, gt=0, le=1)
     selection_seed: int = 0
     selection_metric: Literal["l2", "tv", "nll"] = "l2"
-    selection_tokens: int = Field(4096, ge=1, description="validation target tokens the proxy teacher is scored on")
+    selection_tokens: int = Field(512, ge=1, description="validation target tokens the proxy teacher is scored on")
     jsd_beta: float = Field(0.5, gt=0, lt=1)
 
 

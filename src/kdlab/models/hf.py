@@ -29,6 +29,7 @@ def _transformers():
     except ImportError:
         raise ConfigError("task: causal_lm needs the hf extra: pip install 'kdlab[hf]'") from None
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # kdlab draws its own progress bar
     return transformers
 
 
