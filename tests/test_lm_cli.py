@@ -274,7 +274,7 @@ def test_stdlib_prefix_and_jsonl_errors(tmp_path):
     assert found.is_file() and found.parent.name == "json"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": "no"}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2: expected a JSON object with a string 'text' field"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: expected a JSON object with a string 'text' field"):
         read_documents([bad])
-    with pytest.raises(DataError, match="data.val: no file matches"):
+    with pytest.raises(DataError, match=r"data\.val: no file matches"):
         resolve_files("val", str(tmp_path / "*.txt"))
