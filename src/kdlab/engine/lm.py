@@ -82,7 +82,7 @@ class LMObjective:
 
     @property
     def needs_selection(self) -> bool:
-        return self.name == "ptloss" and self.epsilon is None
+        return self.name == "ptloss" and self.epsilon is None and self.needs_teacher
 
     def describe(self) -> str:
         p = self.params
@@ -96,6 +96,8 @@ class LMObjective:
 
     def __call__(self, hidden: Tensor, weight: Tensor, teacher, targets: Tensor, num_items: int) -> dict[str, Tensor]:
         p = self.params
+        if weight.dtype != hidden.dtype:  # mixed precision: the head in the hidden states' dtype (autograd follows)
+            weight = weight.to(hidden.dtype)
         if not self.needs_teacher:  # SFT: KL to the one-hot target = cross-entropy, through the same fused path
             scale = 1.0 if self.name == "ce" else p.alpha
             return {"ce": scale * fused_linear_distill(hidden, weight, one_hot(targets), num_items=num_items)}
@@ -525,6 +527,9 @@ def cache_logits_lm(cfg: RunConfig) -> Path:
     prints = cache_fingerprints(data, directory)
     batch = max(1, EVAL_LOGITS // ((cfg.data.block_size - 1) * vocab))
     tmp = target.with_name(f".{target.name}.build")
+    if not acc.is_main_process:  # one writer; the others wait for the finished directory
+        acc.wait_for_everyone()
+        return target
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         for split in SPLITS:
@@ -539,6 +544,7 @@ def cache_logits_lm(cfg: RunConfig) -> Path:
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
     return target
 
 

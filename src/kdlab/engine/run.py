@@ -337,6 +337,10 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "te
     if not (run / "config.yaml").is_file() or not (run / "model.safetensors").is_file():
         raise ConfigError(f"{run} is not a finished kdlab run directory (config.yaml and model.safetensors needed)")
     cfg = load_config(run / "config.yaml")
+    if cfg.task == "causal_lm":
+        raise ConfigError(
+            f"kdlab evaluate does not support task: causal_lm yet; {run / SUMMARY} holds val/test metrics"
+        )
     data = load_data(cfg)
     student = build_student(cfg, data)
     student.load_state_dict(load_file(str(run / "model.safetensors")))
