@@ -185,15 +185,19 @@ def test_bytes_per_token_at_k64(corpus, teacher_run, capsys, monkeypatch):
     assert train.payload_bytes_per_token == 260.0
     assert 260 < train.bytes_per_token < 300
     assert "260.0 of tensor data" in out.replace("\n", " ")
-    # a KD student from the cache trains and reports agreement from the cached top-1
+    # a PTLoss student from the cache: epsilon chosen on the k + 1 buckets of validation tokens, agreement from
+    # the cached top-1
+    args = ["--set", "method.name=ptloss", "--set", "method.candidates=4", "--set", "method.selection_tokens=64"]
     code, out, err = cli(
-        ["distill", str(cfg), "--set", "method.name=kd", "--set", "cache.use=require", "--set", "train.epochs=1"],
-        capsys,
-        monkeypatch,
+        ["distill", str(cfg), *args, "--set", "cache.use=require", "--set", "train.epochs=1"], capsys, monkeypatch
     )
     assert code == 0, err
     summary = json.loads((corpus / "k64" / "summary.json").read_text())
     assert summary["teacher"].startswith("cached top-64") and 0 < summary["test"]["agreement"] <= 1
+    selection = json.loads((corpus / "k64" / "ptloss_selection.json").read_text())
+    assert len(selection["candidates"]) == 4 and len(selection["epsilon"]) == 5
+    chosen = [round(x, 4) for x in selection["epsilon"]]
+    assert summary["method"] == f"ptloss(alpha=0.0, beta=1.0, T=1.0, eps={chosen})"
 
 
 def test_user_errors_are_one_line(corpus, teacher_run, capsys, monkeypatch):

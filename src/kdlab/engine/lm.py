@@ -34,7 +34,7 @@ import kdlab
 from kdlab.config import ConfigError, RunConfig, dump_config
 from kdlab.data.text import TextSplits, load_text
 from kdlab.io import atomic_write_json, atomic_write_text
-from kdlab.losses import fused_linear_distill, select_ptloss_epsilon
+from kdlab.losses import fused_linear_distill
 from kdlab.losses.sparse_teacher import SparseTeacher, sparse_teacher_from_logits, teacher_bucket_logits
 from kdlab.models import count_parameters
 from kdlab.models.hf import HiddenStates, build_causal_lm, is_model_dir, load_pretrained, vocab_size, weights_digest
@@ -283,6 +283,17 @@ def _teacher(cfg: RunConfig, data: TextSplits, student_vocab: int, device: torch
     return LiveTeacher(directory, device)
 
 
+def select_epsilon(p: LMMethodParams, teacher, val: Tensor):
+    """PTLoss's epsilon through the image task's selection (kdlab select-ptloss), on validation tokens as rows."""
+    from kdlab.methods import build as build_method
+
+    logits, labels = teacher.selection_inputs(val, p.selection_tokens, 8)
+    keys = ("temperature", "candidates", "order", "scale", "selection_seed", "selection_metric")
+    method = build_method("ptloss", {"epsilon": "auto", **{k: getattr(p, k) for k in keys}}, logits.shape[-1])
+    selection = method.select(logits, labels)
+    return selection.epsilon.float(), selection
+
+
 # ---- evaluation ----
 
 
@@ -339,19 +350,7 @@ def run_lm(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, c
     if acc.is_main_process:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
     if objective.needs_selection:
-        p = objective.params
-        logits, labels = teacher.selection_inputs(data.val, p.selection_tokens, 8)
-        selection = select_ptloss_epsilon(
-            logits,
-            labels,
-            temperature=p.temperature,
-            candidates=p.candidates,
-            order=p.order,
-            scale=p.scale,
-            seed=p.selection_seed,
-            metric=p.selection_metric,
-        )
-        objective.epsilon = selection.epsilon.float()
+        objective.epsilon, selection = select_epsilon(objective.params, teacher, data.val)
         write_selection(out, selection, acc)
     result = _fit_lm(model, data, objective, teacher, cfg, acc, out, callbacks)
     summary = {
