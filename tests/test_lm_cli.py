@@ -13,7 +13,8 @@ import torch
 from kdlab.cli import main
 from kdlab.config import load_config
 from kdlab.data.text import load_text
-from kdlab.engine.lm import CachedTeacher, LiveTeacher, build_objective, cache_fingerprints
+from kdlab.engine.lm import build_objective
+from kdlab.engine.lm_teacher import CachedTeacher, LiveTeacher, cache_fingerprints
 from kdlab.engine.sparse_logit_cache import SparseLogitCache
 from kdlab.models.hf import HiddenStates, load_pretrained
 
