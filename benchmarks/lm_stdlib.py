@@ -36,20 +36,31 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment
 
+from kdlab.config import dump_config, load_config
 from kdlab.data.text import load_tokenizer, read_documents, train_bpe
 from kdlab.engine import cache_logits, distill, train
 from kdlab.engine.lm import describe_cache
+from kdlab.engine.sparse_logit_cache import SparseLogitCache
 from kdlab.io import atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXCLUDED = {"site-packages", "test", "tests", "idle_test"}
-ROWS = {
-    "sft": {"name": "ce"},
-    "kd": {"name": "kd", "temperature": 1.0},
+ROWS = {  # name: (method, k of the sparse cache it trains from, or None for the live teacher)
+    "sft": ({"name": "ce"}, None),
+    "kd": ({"name": "kd", "temperature": 1.0}, None),
     # the proxy solve costs ~10 ms per token and candidate at 2048 classes on this CPU: 16 x 256, once (seed 0)
-    "ptloss": {"name": "ptloss", "temperature": 1.0, "epsilon": "auto", "candidates": 16, "selection_tokens": 256},
-    "kd_sparse64": {"name": "kd", "temperature": 1.0},
+    "ptloss": (
+        {"name": "ptloss", "temperature": 1.0, "epsilon": "auto", "candidates": 16, "selection_tokens": 256},
+        None,
+    ),
+    "kd_sparse64": ({"name": "kd", "temperature": 1.0}, 64),
+    # --study sparse: does the next-token CE (alpha) or a larger k close the sparse-vs-dense gap?
+    "kd+ce": ({"name": "kd", "temperature": 1.0, "alpha": 0.5}, None),
+    "kd_sparse64+ce": ({"name": "kd", "temperature": 1.0, "alpha": 0.5}, 64),
+    "kd_sparse256": ({"name": "kd", "temperature": 1.0}, 256),
 }
+STUDIES = {"main": ["sft", "kd", "ptloss", "kd_sparse64"], "sparse": ["kd+ce", "kd_sparse64+ce", "kd_sparse256"]}
+DENSE_OF = {"kd_sparse64": "kd", "kd_sparse64+ce": "kd+ce", "kd_sparse256": "kd"}
 
 
 def stdlib_files() -> list[Path]:
@@ -68,6 +79,13 @@ def take(files: list[Path], tokenizer, budget: int) -> tuple[list[str], int]:
             chosen.append(str(path))
             tokens += n
     return chosen, tokens
+
+
+def finished(run: Path, cfg: dict) -> bool:
+    """A complete run directory made from exactly this config."""
+    if not (run / "summary.json").is_file():
+        return False
+    return (run / "config.yaml").read_text() == dump_config(load_config(cfg))
 
 
 def model_kwargs(layers: int, hidden: int) -> dict:
@@ -101,11 +119,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("runs/lm_stdlib"))
+    parser.add_argument("--study", choices=sorted(STUDIES), default="main", help="sparse: the extra sparse rows")
     args = parser.parse_args()
     if args.quick:
         args.train_tokens, args.eval_tokens, args.seeds, args.teacher_epochs = 20_000, 4_000, 1, 1
         args.work = args.work.with_name(args.work.name + "-quick")
-    out = RESULTS / ("quick" if args.quick else "") / "lm_stdlib"
+    out = (
+        RESULTS / ("quick" if args.quick else "") / ("lm_stdlib" if args.study == "main" else f"lm_stdlib_{args.study}")
+    )
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     work = args.work.resolve()
@@ -154,20 +175,35 @@ def main() -> None:
             **extra,
         }
 
-    teacher_summary = train(config("teacher", 4, 128, args.teacher_epochs, 0), overwrite=True)
+    teacher_cfg = config("teacher", 4, 128, args.teacher_epochs, 0)
     teacher_dir = work / "teacher"
+    if finished(teacher_dir, teacher_cfg):  # the same teacher (same config, same data) as a previous invocation
+        teacher_summary = json.loads((teacher_dir / "summary.json").read_text())
+        print("teacher: reusing the finished run in", teacher_dir)
+    else:
+        teacher_summary = train(teacher_cfg, overwrite=True)
     print(f"teacher: test perplexity {teacher_summary['test']['perplexity']:.3f}", flush=True)
-    cache_dir = work / "teacher-cache-k64"
-    cache_start = time.perf_counter()
-    cache_logits(
-        config("cache", 2, 64, 1, 0, teacher={"run": str(teacher_dir)}, cache={"topk": 64, "path": str(cache_dir)})
-    )
-    cache_seconds = time.perf_counter() - cache_start
-    cache_line = describe_cache(cache_dir)
-    print(f"cache: {cache_line} ({cache_seconds:.0f} s)", flush=True)
-    runs: dict[str, list[dict]] = {row: [] for row in ROWS}
+    caches = {}
+    for k in sorted({ROWS[row][1] for row in STUDIES[args.study]} - {None}):
+        cache_dir = work / f"teacher-cache-k{k}"
+        cache_start = time.perf_counter()
+        if not (cache_dir / "test").is_dir():  # a distillation run re-checks its fingerprint (tokenizer, data, teacher)
+            cache_logits(
+                config(
+                    "cache", 2, 64, 1, 0, teacher={"run": str(teacher_dir)}, cache={"topk": k, "path": str(cache_dir)}
+                )
+            )
+        rest = SparseLogitCache(cache_dir / "test").read().log_rest.exp()
+        caches[k] = {
+            "description": describe_cache(cache_dir),
+            "seconds": time.perf_counter() - cache_start,
+            "test_rest_mass_mean": float(rest.mean()),
+        }
+        print(f"cache k={k}: {caches[k]['description']}, mean rest mass {caches[k]['test_rest_mass_mean']:.3f}")
+    runs: dict[str, list[dict]] = {row: [] for row in STUDIES[args.study]}
     for seed in range(args.seeds):
-        for row, method in ROWS.items():
+        for row in runs:
+            method, k = ROWS[row]
             extra = {"teacher": {"run": str(teacher_dir)}, "method": method}
             if row == "ptloss" and seed > 0:  # the selection depends on teacher and val tokens only: reuse seed 0's
                 extra["method"] = {
@@ -175,8 +211,8 @@ def main() -> None:
                     "temperature": 1.0,
                     "epsilon": runs["ptloss"][0]["selection"]["epsilon"],
                 }
-            if row == "kd_sparse64":
-                extra["cache"] = {"use": "require", "path": str(cache_dir), "topk": 64}
+            if k is not None:
+                extra["cache"] = {"use": "require", "path": str(work / f"teacher-cache-k{k}"), "topk": k}
             else:
                 extra["cache"] = {"use": "never"}
             summary = distill(config(f"{row}-seed{seed}", 2, 64, 1, seed, **extra), overwrite=True)
@@ -200,8 +236,12 @@ def main() -> None:
         }
         table[row]["method"] = summaries[0]["method"]
         table[row]["wall_seconds"] = mean_std([s["wall_seconds"] for s in summaries])
-    dense, sparse = table["kd"]["perplexity"]["mean"], table["kd_sparse64"]["perplexity"]["mean"]
-    gap = (sparse - dense) / dense
+    main_table = table if args.study == "main" else json.loads(out.with_name("lm_stdlib.json").read_text())["table"]
+    gaps = {}
+    for row, dense in DENSE_OF.items():
+        if row in table:
+            d = (table if dense in table else main_table)[dense]["perplexity"]["mean"]
+            gaps[f"{row} vs {dense}"] = (table[row]["perplexity"]["mean"] - d) / d
     result = {
         "environment": {**environment(), "transformers": teacher_summary["versions"]["transformers"]},
         "load_avg_1min_end": round(os.getloadavg()[0], 2),
@@ -221,11 +261,11 @@ def main() -> None:
             "train_seconds": teacher_summary["train_seconds"],
         },
         "student_model": model_kwargs(2, 64),
-        "student_parameters": runs["sft"][0]["parameters"],
-        "cache": {"description": cache_line, "seconds": cache_seconds},
+        "student_parameters": next(iter(runs.values()))[0]["parameters"],
+        "caches": caches,
         "table": table,
-        "sparse_vs_dense_perplexity_gap": gap,
-        "ptloss_selection": [s.get("selection") for s in runs["ptloss"]],
+        "sparse_vs_dense_perplexity_gap": gaps,
+        "ptloss_selection": [s.get("selection") for s in runs.get("ptloss", [])],
         "runs": {
             row: [{k: s[k] for k in ("method", "seed", "test", "val", "wall_seconds")} for s in v]
             for row, v in runs.items()
@@ -234,7 +274,8 @@ def main() -> None:
     }
     atomic_write_json(out.with_suffix(".json"), result)
     atomic_write_text(out.with_suffix(".md"), markdown(result))
-    print(f"sparse (k=64) vs dense KD test perplexity: {gap * 100:+.2f} % (acceptance: within ±1 %)")
+    for name, gap in gaps.items():
+        print(f"{name}: test perplexity {gap * 100:+.2f} % (acceptance at k = 64: within 1 %)")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')} in {result['total_seconds']:.0f} s")
 
 
@@ -244,7 +285,7 @@ def markdown(r: dict) -> str:
     def cell(stats: dict | None, digits: int) -> str:
         return "-" if stats is None else f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
-    seeds = len(r["runs"]["sft"])
+    seeds = len(next(iter(r["runs"].values())))
     lines = [
         "# Distilling a code LM offline: Python's standard library",
         "",
@@ -267,7 +308,11 @@ def markdown(r: dict) -> str:
         f"Students: Llama {r['student_model']['num_hidden_layers']} layers × {r['student_model']['hidden_size']}, "
         f"{r['student_parameters']:,} parameters, 1 epoch, AdamW 3e-3 cosine, batch 16 blocks; {seeds} seeds "
         "(initialisation and batch order); last-epoch test numbers, mean ± std.  ",
-        f"Sparse cache: {r['cache']['description']}.",
+        *(
+            f"Sparse cache k = {k}: {c['description']}; mean teacher mass outside the top k on test tokens "
+            f"{c['test_rest_mass_mean']:.3f}.  "
+            for k, c in r["caches"].items()
+        ),
         "",
         "| student | method | test perplexity | token accuracy | top-1 agreement with teacher | seconds |",
         "|---|---|---|---|---|---|",
@@ -278,15 +323,18 @@ def markdown(r: dict) -> str:
             f"{cell(stats.get('agreement'), 4)} | {stats['wall_seconds']['mean']:.0f} |"
         )
     sel = [s for s in r["ptloss_selection"] if s]
-    eps = ", ".join(f"{x:+.3f}" for x in sel[0]["epsilon"]) if sel else "-"
-    lines += [
-        "",
-        f"PTLoss epsilon (proxy teacher on the first 256 validation tokens, 16 candidates, L2 score; chosen once, "
-        f"with seed 0, and reused): [{eps}] (candidate {sel[0]['index'] if sel else '-'}; candidate 0 is plain KD).  ",
-        f"Sparse (k = 64) vs dense KD, test perplexity: {r['sparse_vs_dense_perplexity_gap'] * 100:+.2f} % relative "
-        "(acceptance: within 1 %).",
-        "",
-    ]
+    lines.append("")
+    if sel:
+        eps = ", ".join(f"{x:+.3f}" for x in sel[0]["epsilon"])
+        lines.append(
+            "PTLoss epsilon (proxy teacher on the first 256 validation tokens, 16 candidates, L2 score; chosen once, "
+            f"with seed 0, and reused): [{eps}] (candidate {sel[0]['index']}; candidate 0 is plain KD).  "
+        )
+    for name, gap in r["sparse_vs_dense_perplexity_gap"].items():
+        lines.append(
+            f"Sparse vs dense, test perplexity, {name}: {gap * 100:+.2f} % relative (acceptance at k = 64: 1 %).  "
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
