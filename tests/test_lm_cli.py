@@ -105,15 +105,14 @@ def config(root: Path, out: str, **extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def teacher_run(corpus) -> Path:
+def teacher_run(corpus, one_thread) -> Path:
     from kdlab.engine import train
 
-    torch.set_num_threads(1)
     train(config(corpus, "teacher"))
     return corpus / "teacher"
 
 
-def test_train_then_distill_from_the_command_line(corpus, teacher_run, capsys, monkeypatch):
+def test_train_then_distill_from_the_command_line(corpus, teacher_run, one_thread, capsys, monkeypatch):
     teacher = json.loads((teacher_run / "summary.json").read_text())
     # the run directory is a Hugging Face model directory: config.json + model.safetensors (+ kdlab's files)
     for name in ("config.json", "model.safetensors", "config.yaml", "metrics.jsonl"):
@@ -144,7 +143,7 @@ def test_train_then_distill_from_the_command_line(corpus, teacher_run, capsys, m
     assert student["data"]["train_tokens"] == teacher["data"]["train_tokens"] > 0
 
 
-def test_cache_round_trip_equals_the_live_teacher(corpus, teacher_run, capsys, monkeypatch):
+def test_cache_round_trip_equals_the_live_teacher(corpus, teacher_run, one_thread, capsys, monkeypatch):
     """k = vocabulary: the cached teacher is the live one up to float16 rounding of the stored logits."""
     cfg_path = config(corpus, "cached", teacher={"run": str(teacher_run)}, cache={"topk": 256})
     code, out, err = cli(["cache-logits", str(cfg_path)], capsys, monkeypatch)
@@ -176,7 +175,7 @@ def test_cache_round_trip_equals_the_live_teacher(corpus, teacher_run, capsys, m
     assert torch.equal(cached.top1("val", 2, data.val[2:5]), live.top1("val", 2, data.val[2:5]))
 
 
-def test_bytes_per_token_at_k64(corpus, teacher_run, capsys, monkeypatch):
+def test_bytes_per_token_at_k64(corpus, teacher_run, one_thread, capsys, monkeypatch):
     cfg = config(corpus, "k64", teacher={"run": str(teacher_run)}, cache={"topk": 64, "path": str(corpus / "c64")})
     code, out, err = cli(["cache-logits", str(cfg)], capsys, monkeypatch)
     assert code == 0, err
@@ -253,13 +252,12 @@ def test_kdlab_and_the_image_tasks_do_not_import_transformers():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_gradient_accumulation_is_exact(corpus):
+def test_gradient_accumulation_is_exact(corpus, one_thread):
     """2 micro-batches of 8 blocks = 1 batch of 16: each micro-batch is divided by the window's target tokens."""
     from safetensors.torch import load_file
 
     from kdlab.engine import train
 
-    torch.set_num_threads(1)
     weights = []
     for batch, accum in ((16, 1), (8, 2)):
         path = config(corpus, f"accum{accum}", train={"epochs": 1, "batch_size": batch, "grad_accum": accum})
