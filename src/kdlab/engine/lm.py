@@ -373,10 +373,18 @@ def save_pretrained(model, out: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".hf-"))
     try:
         model.save_pretrained(str(tmp))
+        mode = 0o666 & ~_umask()  # save_pretrained may write 0600 temporary files; results read like any file
         for path in tmp.iterdir():
+            os.chmod(path, mode)
             os.replace(path, out / path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 # ---- kdlab cache-logits ----
