@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/capacity_gap_fmnist.py
 	$(PY) benchmarks/fidelity_fmnist.py
 	$(PY) benchmarks/lm_loss.py
+	$(PY) benchmarks/lm_stdlib.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

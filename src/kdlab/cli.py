@@ -94,6 +94,18 @@ def summary_table(rows: list[dict], title: str) -> Table:
     return table
 
 
+def _print_lm_line(summary: dict) -> None:
+    """task: causal_lm: the language-model numbers the classification table has no column for."""
+    if summary.get("task") != "causal_lm":
+        return
+    parts = []
+    for split in ("val", "test"):
+        m = summary[split]
+        agree = f", agreement {m['agreement']:.4f}" if "agreement" in m else ""
+        parts.append(f"{split} perplexity {m['perplexity']:.3f}, token accuracy {m['accuracy']:.4f}{agree}")
+    console.print("; ".join(parts) + f" ({summary['tokens_per_second']:.0f} tokens/s)")
+
+
 @app.command("losses")
 def losses_command(
     example: bool = typer.Option(False, "--example", help="Also run the proxy-teacher worked example."),
@@ -133,6 +145,7 @@ def train_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool = R
     summary = train(config, set_, resume=resume, overwrite=overwrite)
     if _main_process():
         console.print(summary_table([summary], f"trained: {summary['name']}"))
+        _print_lm_line(summary)
 
 
 @app.command("distill")
@@ -143,6 +156,7 @@ def distill_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool =
     summary = distill(config, set_, resume=resume, overwrite=overwrite)
     if _main_process():
         console.print(summary_table([summary], f"distilled: {summary['name']}"))
+        _print_lm_line(summary)
 
 
 @app.command("cache-logits")
@@ -152,6 +166,10 @@ def cache_logits_command(config: Path = CONFIG, set_: list[str] = SET):
 
     path = cache_logits(config, set_)
     console.print(f"teacher logits cached in {path}")
+    if path.is_dir():  # task: causal_lm
+        from kdlab.engine.lm import describe_cache
+
+        console.print(describe_cache(path))
 
 
 @app.command("select-ptloss")

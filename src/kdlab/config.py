@@ -49,6 +49,12 @@ class DataConfig(_Strict):
     download: bool = True
     label_column: str | int = -1
     augment: AugmentConfig = AugmentConfig()
+    # task: causal_lm (data.name: text): files or globs per split, the tokenizer and the block length
+    train: str | list[str] | None = None
+    val: str | list[str] | None = None
+    test: str | list[str] | None = None
+    tokenizer: str = "bytes"
+    block_size: int = Field(128, ge=2)
 
 
 class ModelConfig(_Strict):
@@ -157,6 +163,8 @@ class RunConfig(_Strict):
     name: str = "run"
     out: str = "runs/run"
     seed: int = 0
+    # classify: images/tabular rows → classes (kdlab.engine.run); causal_lm: next-token prediction (kdlab.engine.lm)
+    task: Literal["classify", "causal_lm"] = "classify"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     teacher: TeacherConfig | None = None

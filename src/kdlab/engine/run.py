@@ -280,6 +280,10 @@ def train(
 ) -> dict:
     """Train ``config.model`` with cross-entropy (e.g. a teacher); returns the run's summary."""
     cfg = load_config(config, overrides)
+    if cfg.task == "causal_lm":
+        from .lm import run_lm
+
+        return run_lm(cfg, distilling=False, resume=resume, overwrite=overwrite, callbacks=callbacks)
     return _run(cfg, distilling=False, resume=resume, overwrite=overwrite, callbacks=callbacks)
 
 
@@ -291,6 +295,10 @@ def distill(
     ``callbacks``: callables receiving a ``StepInfo`` after every optimizer step.
     """
     cfg = load_config(config, overrides)
+    if cfg.task == "causal_lm":
+        from .lm import run_lm
+
+        return run_lm(cfg, distilling=True, resume=resume, overwrite=overwrite, callbacks=callbacks)
     return _run(cfg, distilling=True, resume=resume, overwrite=overwrite, callbacks=callbacks)
 
 
@@ -299,6 +307,10 @@ def cache_logits(config, overrides: list[str] | None = None) -> Path:
     cfg = load_config(config, overrides)
     if cfg.teacher is None:
         raise ConfigError("cache-logits needs a 'teacher' section")
+    if cfg.task == "causal_lm":  # a directory of sharded top-k caches, one per split
+        from .lm import cache_logits_lm
+
+        return cache_logits_lm(cfg)
     data = load_data(cfg)
     source = resolve_teacher(cfg.teacher)
     teacher = load_teacher(source, data.num_classes, tuple(data.in_shape))
@@ -325,6 +337,10 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "te
     if not (run / "config.yaml").is_file() or not (run / "model.safetensors").is_file():
         raise ConfigError(f"{run} is not a finished kdlab run directory (config.yaml and model.safetensors needed)")
     cfg = load_config(run / "config.yaml")
+    if cfg.task == "causal_lm":
+        raise ConfigError(
+            f"kdlab evaluate does not support task: causal_lm yet; {run / SUMMARY} holds val/test metrics"
+        )
     data = load_data(cfg)
     student = build_student(cfg, data)
     student.load_state_dict(load_file(str(run / "model.safetensors")))

@@ -1,0 +1,342 @@
+"""Distilling a small code language model offline: Python's own standard library as the corpus.
+
+    python benchmarks/lm_stdlib.py             # BPE 2048, teacher 4x128, students 2x64, 3 seeds (~20 min, 1 core)
+    python benchmarks/lm_stdlib.py --quick     # a smoke run: fewer tokens, 1 seed (results/quick/)
+
+Why this corpus: no model or data set can be downloaded here, and the standard library's ``*.py`` sources are
+on every machine with Python (``sysconfig.get_paths()["stdlib"]``), real code written by many people, with a
+licence that allows it. The file list is fixed: every ``*.py`` under the stdlib directory, sorted, without
+``site-packages`` and the test suites (``test``/``tests``/``idle_test`` directories); file i goes to val when
+i % 40 == 1, to test when i % 40 == 2, else to train (split by file, so no file is in two splits). The val/test
+files are taken in order up to a token budget, the train files in a seeded shuffled order up to another.
+
+Steps, all through the kdlab API with ``task: causal_lm``: a byte-level BPE (``--vocab`` tokens) trained with
+``tokenizers`` on the train files; a Llama-style teacher trained with cross-entropy (``kdlab train``); its top-64
+cache (``kdlab cache-logits``); then per seed four students of the same smaller architecture, identical
+training budget: SFT only (``ce``), KD (T = 1, live teacher), PTLoss (epsilon chosen by the proxy teacher on
+validation tokens: ``epsilon: auto``) and KD from the k = 64 sparse cache. Reported: test perplexity, token
+accuracy and top-1 agreement with the teacher (mean ± std over seeds, last epoch) and the sparse-vs-dense gap.
+Results: benchmarks/results/lm_stdlib.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _env import environment
+
+from kdlab.config import dump_config, load_config
+from kdlab.data.text import load_tokenizer, read_documents, train_bpe
+from kdlab.engine import cache_logits, distill, train
+from kdlab.engine.lm import describe_cache
+from kdlab.engine.sparse_logit_cache import SparseLogitCache
+from kdlab.io import atomic_write_json, atomic_write_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
+EXCLUDED = {"site-packages", "test", "tests", "idle_test"}
+ROWS = {  # name: (method, k of the sparse cache it trains from, or None for the live teacher)
+    "sft": ({"name": "ce"}, None),
+    "kd": ({"name": "kd", "temperature": 1.0}, None),
+    # the proxy solve costs ~10 ms per token and candidate at 2048 classes on this CPU: 16 x 256, once (seed 0)
+    "ptloss": (
+        {"name": "ptloss", "temperature": 1.0, "epsilon": "auto", "candidates": 16, "selection_tokens": 256},
+        None,
+    ),
+    "kd_sparse64": ({"name": "kd", "temperature": 1.0}, 64),
+    # --study sparse: does the next-token CE (alpha) or a larger k close the sparse-vs-dense gap?
+    "kd+ce": ({"name": "kd", "temperature": 1.0, "alpha": 0.5}, None),
+    "kd_sparse64+ce": ({"name": "kd", "temperature": 1.0, "alpha": 0.5}, 64),
+    "kd_sparse256": ({"name": "kd", "temperature": 1.0}, 256),
+}
+STUDIES = {"main": ["sft", "kd", "ptloss", "kd_sparse64"], "sparse": ["kd+ce", "kd_sparse64+ce", "kd_sparse256"]}
+DENSE_OF = {"kd_sparse64": "kd", "kd_sparse64+ce": "kd+ce", "kd_sparse256": "kd"}
+
+
+def stdlib_files() -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return [p for p in sorted(root.rglob("*.py")) if not EXCLUDED & set(p.relative_to(root).parts[:-1])]
+
+
+def take(files: list[Path], tokenizer, budget: int) -> tuple[list[str], int]:
+    """Whole files, in the given order, until ``budget`` tokens are reached."""
+    chosen, tokens = [], 0
+    for path in files:
+        if tokens >= budget:
+            break
+        n = len(tokenizer.encode_batch(read_documents([path]))[0])
+        if n:
+            chosen.append(str(path))
+            tokens += n
+    return chosen, tokens
+
+
+def finished(run: Path, cfg: dict) -> bool:
+    """A complete run directory made from exactly this config."""
+    if not (run / "summary.json").is_file():
+        return False
+    return (run / "config.yaml").read_text() == dump_config(load_config(cfg))
+
+
+def model_kwargs(layers: int, hidden: int) -> dict:
+    heads = max(hidden // 32, 1)
+    return {
+        "architecture": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": hidden * 8 // 3 // 8 * 8,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+    }
+
+
+def mean_std(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--block", type=int, default=64)
+    parser.add_argument("--train-tokens", type=int, default=100_000)
+    parser.add_argument("--eval-tokens", type=int, default=12_000)
+    parser.add_argument("--teacher-epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path("runs/lm_stdlib"))
+    parser.add_argument("--study", choices=sorted(STUDIES), default="main", help="sparse: the extra sparse rows")
+    args = parser.parse_args()
+    if args.quick:
+        args.train_tokens, args.eval_tokens, args.seeds, args.teacher_epochs = 20_000, 4_000, 1, 1
+        args.work = args.work.with_name(args.work.name + "-quick")
+    out = (
+        RESULTS / ("quick" if args.quick else "") / ("lm_stdlib" if args.study == "main" else f"lm_stdlib_{args.study}")
+    )
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+
+    files = stdlib_files()
+    split_of = {i: "val" if i % 40 == 1 else "test" if i % 40 == 2 else "train" for i in range(len(files))}
+    by_split = {s: [f for i, f in enumerate(files) if split_of[i] == s] for s in ("train", "val", "test")}
+    tokenizer_file = work / "tokenizer.json"
+    train_bpe(by_split["train"], args.vocab, tokenizer_file)  # deterministic: same files, same merges
+    tokenizer = load_tokenizer(str(tokenizer_file))
+    corpus_tokens = {s: sum(len(x) for x in tokenizer.encode_batch(read_documents(fs))) for s, fs in by_split.items()}
+    shuffled = by_split["train"][:]
+    random.Random(0).shuffle(shuffled)
+    chosen = {"train": take(shuffled, tokenizer, args.train_tokens)}
+    for split in ("val", "test"):
+        chosen[split] = take(by_split[split], tokenizer, args.eval_tokens)
+    print(
+        f"stdlib: {len(files)} files, {sum(corpus_tokens.values()):,} BPE tokens; used: "
+        + ", ".join(f"{s} {len(c[0])} files / {c[1]:,} tokens" for s, c in chosen.items()),
+        flush=True,
+    )
+
+    def config(name: str, layers: int, hidden: int, epochs: int, seed: int, **extra) -> dict:
+        return {
+            "name": name,
+            "task": "causal_lm",
+            "out": str(work / name),
+            "seed": seed,
+            "data": {
+                "name": "text",
+                **{s: chosen[s][0] for s in ("train", "val", "test")},
+                "tokenizer": str(tokenizer_file),
+                "block_size": args.block,
+            },
+            "model": {"name": "hf_causal_lm", "kwargs": model_kwargs(layers, hidden)},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 16,
+                "progress": False,
+                "log_every_steps": 25,
+                "max_grad_norm": 1.0,
+                "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01, "betas": [0.9, 0.95]},
+                "scheduler": {"name": "cosine", "warmup_epochs": 0.05, "min_lr_ratio": 0.1},
+            },
+            **extra,
+        }
+
+    teacher_cfg = config("teacher", 4, 128, args.teacher_epochs, 0)
+    teacher_dir = work / "teacher"
+    if finished(teacher_dir, teacher_cfg):  # the same teacher (same config, same data) as a previous invocation
+        teacher_summary = json.loads((teacher_dir / "summary.json").read_text())
+        print("teacher: reusing the finished run in", teacher_dir)
+    else:
+        teacher_summary = train(teacher_cfg, overwrite=True)
+    print(f"teacher: test perplexity {teacher_summary['test']['perplexity']:.3f}", flush=True)
+    caches = {}
+    for k in sorted({ROWS[row][1] for row in STUDIES[args.study]} - {None}):
+        cache_dir = work / f"teacher-cache-k{k}"
+        cache_start = time.perf_counter()
+        if not (cache_dir / "test").is_dir():  # a distillation run re-checks its fingerprint (tokenizer, data, teacher)
+            cache_logits(
+                config(
+                    "cache", 2, 64, 1, 0, teacher={"run": str(teacher_dir)}, cache={"topk": k, "path": str(cache_dir)}
+                )
+            )
+        rest = SparseLogitCache(cache_dir / "test").read().log_rest.exp()
+        caches[k] = {
+            "description": describe_cache(cache_dir),
+            "seconds": time.perf_counter() - cache_start,
+            "test_rest_mass_mean": float(rest.mean()),
+        }
+        print(f"cache k={k}: {caches[k]['description']}, mean rest mass {caches[k]['test_rest_mass_mean']:.3f}")
+    runs: dict[str, list[dict]] = {row: [] for row in STUDIES[args.study]}
+    for seed in range(args.seeds):
+        for row in runs:
+            method, k = ROWS[row]
+            extra = {"teacher": {"run": str(teacher_dir)}, "method": method}
+            if row == "ptloss" and seed > 0:  # the selection depends on teacher and val tokens only: reuse seed 0's
+                extra["method"] = {
+                    "name": "ptloss",
+                    "temperature": 1.0,
+                    "epsilon": runs["ptloss"][0]["selection"]["epsilon"],
+                }
+            if k is not None:
+                extra["cache"] = {"use": "require", "path": str(work / f"teacher-cache-k{k}"), "topk": k}
+            else:
+                extra["cache"] = {"use": "never"}
+            summary = distill(config(f"{row}-seed{seed}", 2, 64, 1, seed, **extra), overwrite=True)
+            selection = work / f"{row}-seed{seed}" / "ptloss_selection.json"
+            if selection.is_file():
+                chosen_sel = json.loads(selection.read_text())
+                summary["selection"] = {"epsilon": chosen_sel["epsilon"], "index": chosen_sel["chosen_index"]}
+            runs[row].append(summary)
+            t = summary["test"]
+            print(
+                f"seed {seed} {row:>12}: test ppl {t['perplexity']:.3f} acc {t['accuracy']:.4f} "
+                f"agree {t['agreement'] if 'agreement' in t else float('nan'):.4f} ({summary['wall_seconds']:.0f} s)",
+                flush=True,
+            )
+    table = {}
+    for row, summaries in runs.items():
+        table[row] = {
+            key: mean_std([s["test"][key] for s in summaries if key in s["test"]])
+            for key in ("perplexity", "accuracy", "agreement")
+            if any(key in s["test"] for s in summaries)
+        }
+        table[row]["method"] = summaries[0]["method"]
+        table[row]["wall_seconds"] = mean_std([s["wall_seconds"] for s in summaries])
+    main_table = table if args.study == "main" else json.loads(out.with_name("lm_stdlib.json").read_text())["table"]
+    gaps = {}
+    for row, dense in DENSE_OF.items():
+        if row in table:
+            d = (table if dense in table else main_table)[dense]["perplexity"]["mean"]
+            gaps[f"{row} vs {dense}"] = (table[row]["perplexity"]["mean"] - d) / d
+    result = {
+        "environment": {**environment(), "transformers": teacher_summary["versions"]["transformers"]},
+        "load_avg_1min_end": round(os.getloadavg()[0], 2),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "corpus": {
+            "stdlib": sysconfig.get_paths()["stdlib"],
+            "files": {s: len(fs) for s, fs in by_split.items()},
+            "bpe_tokens": corpus_tokens,
+            "used_tokens": {s: c[1] for s, c in chosen.items()},
+            "used_files": {s: len(c[0]) for s, c in chosen.items()},
+        },
+        "teacher": {
+            "model": model_kwargs(4, 128),
+            "parameters": teacher_summary["parameters"],
+            "test": teacher_summary["test"],
+            "val": teacher_summary["val"],
+            "train_seconds": teacher_summary["train_seconds"],
+        },
+        "student_model": model_kwargs(2, 64),
+        "student_parameters": next(iter(runs.values()))[0]["parameters"],
+        "caches": caches,
+        "table": table,
+        "sparse_vs_dense_perplexity_gap": gaps,
+        "ptloss_selection": [s.get("selection") for s in runs.get("ptloss", [])],
+        "runs": {
+            row: [{k: s[k] for k in ("method", "seed", "test", "val", "wall_seconds")} for s in v]
+            for row, v in runs.items()
+        },
+        "total_seconds": time.perf_counter() - start,
+    }
+    atomic_write_json(out.with_suffix(".json"), result)
+    atomic_write_text(out.with_suffix(".md"), markdown(result))
+    for name, gap in gaps.items():
+        print(f"{name}: test perplexity {gap * 100:+.2f} % (acceptance at k = 64: within 1 %)")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')} in {result['total_seconds']:.0f} s")
+
+
+def markdown(r: dict) -> str:
+    env, c, t = r["environment"], r["corpus"], r["teacher"]
+
+    def cell(stats: dict | None, digits: int) -> str:
+        return "-" if stats is None else f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+    seeds = len(next(iter(r["runs"].values())))
+    lines = [
+        "# Distilling a code LM offline: Python's standard library",
+        "",
+        f"Command: `{env['command']}`  ",
+        f"Machine: {env['machine']}; device {env['device']}; load average at the end {r['load_avg_1min_end']}  ",
+        f"Versions: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
+        f"kdlab {env['kdlab']}; {env['date_utc']} UTC; total {r['total_seconds'] / 60:.1f} min",
+        "",
+        f"Corpus: {sum(c['files'].values())} stdlib `*.py` files ({c['stdlib']}), split by file "
+        f"(train/val/test {c['files']['train']}/{c['files']['val']}/{c['files']['test']} files, "
+        f"{c['bpe_tokens']['train']:,}/{c['bpe_tokens']['val']:,}/{c['bpe_tokens']['test']:,} tokens of a byte-level "
+        f"BPE with {r['config']['vocab']} tokens trained on the train files). Used (CPU budget): "
+        f"{c['used_tokens']['train']:,} train tokens ({c['used_files']['train']} files), "
+        f"{c['used_tokens']['val']:,} val and {c['used_tokens']['test']:,} test tokens; "
+        f"blocks of {r['config']['block']}.",
+        "",
+        f"Teacher: Llama {t['model']['num_hidden_layers']} layers × {t['model']['hidden_size']}, "
+        f"{t['parameters']:,} parameters, {r['config']['teacher_epochs']} epochs, test perplexity "
+        f"{t['test']['perplexity']:.3f}, token accuracy {t['test']['accuracy']:.4f}.  ",
+        f"Students: Llama {r['student_model']['num_hidden_layers']} layers × {r['student_model']['hidden_size']}, "
+        f"{r['student_parameters']:,} parameters, 1 epoch, AdamW 3e-3 cosine, batch 16 blocks; {seeds} seeds "
+        "(initialisation and batch order); last-epoch test numbers, mean ± std.  ",
+        *(
+            f"Sparse cache k = {k}: {c['description']}; mean teacher mass outside the top k on test tokens "
+            f"{c['test_rest_mass_mean']:.3f}.  "
+            for k, c in r["caches"].items()
+        ),
+        "",
+        "| student | method | test perplexity | token accuracy | top-1 agreement with teacher | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row, stats in r["table"].items():
+        lines.append(
+            f"| {row} | `{stats['method']}` | {cell(stats.get('perplexity'), 3)} | {cell(stats.get('accuracy'), 4)} | "
+            f"{cell(stats.get('agreement'), 4)} | {stats['wall_seconds']['mean']:.0f} |"
+        )
+    sel = [s for s in r["ptloss_selection"] if s]
+    lines.append("")
+    if sel:
+        eps = ", ".join(f"{x:+.3f}" for x in sel[0]["epsilon"])
+        lines.append(
+            "PTLoss epsilon (proxy teacher on the first 256 validation tokens, 16 candidates, L2 score; chosen once, "
+            f"with seed 0, and reused): [{eps}] (candidate {sel[0]['index']}; candidate 0 is plain KD).  "
+        )
+    for name, gap in r["sparse_vs_dense_perplexity_gap"].items():
+        lines.append(
+            f"Sparse vs dense, test perplexity, {name}: {gap * 100:+.2f} % relative (acceptance at k = 64: 1 %).  "
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

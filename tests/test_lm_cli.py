@@ -1,0 +1,283 @@
+"""task: causal_lm end to end: kdlab train / distill / cache-logits on tiny Llama models and generated text."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdlab.cli import main
+from kdlab.config import load_config
+from kdlab.data.text import load_text
+from kdlab.engine.lm import build_objective
+from kdlab.engine.lm_teacher import CachedTeacher, LiveTeacher, cache_fingerprints
+from kdlab.engine.sparse_logit_cache import SparseLogitCache
+from kdlab.models.hf import HiddenStates, load_pretrained
+
+BLOCK = 32
+TINY = {
+    "architecture": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+}
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "ran",
+    "on",
+    "under",
+    "mat",
+    "log",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "and",
+    "then",
+]
+
+
+def sentences(n: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return "".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) + ".\n" for _ in range(n))
+
+
+def cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """The real entry point in-process (no interpreter start-up): exit code, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", ["kdlab", *args])
+    with pytest.raises(SystemExit) as done:
+        main()
+    captured = capsys.readouterr()
+    return int(done.value.code or 0), captured.out, captured.err
+
+
+def one_error_line(code: int, err: str, fragment: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), (code, err)
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lm")
+    (root / "train-a.txt").write_text(sentences(300, 1))
+    (root / "train-b.jsonl").write_text("".join(json.dumps({"text": sentences(3, s)}) + "\n" for s in range(2, 80)))
+    (root / "val.txt").write_text(sentences(40, 100))
+    (root / "test.txt").write_text(sentences(40, 200))
+    return root
+
+
+def config(root: Path, out: str, **extra) -> dict:
+    cfg = {
+        "task": "causal_lm",
+        "out": str(root / out),
+        "data": {
+            "name": "text",
+            "train": str(root / "train-*"),
+            "val": str(root / "val.txt"),
+            "test": str(root / "test.txt"),
+            "tokenizer": "bytes",
+            "block_size": BLOCK,
+        },
+        "model": {"name": "hf_causal_lm", "kwargs": TINY},
+        "train": {
+            "epochs": 2,
+            "batch_size": 16,
+            "progress": False,
+            "optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 0.0},
+        },
+    }
+    for key, value in extra.items():
+        cfg[key] = value if not isinstance(value, dict) else {**cfg.get(key, {}), **value}
+    path = root / f"{out}.yaml"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher_run(corpus, one_thread) -> Path:
+    from kdlab.engine import train
+
+    train(config(corpus, "teacher"))
+    return corpus / "teacher"
+
+
+def test_train_then_distill_from_the_command_line(corpus, teacher_run, one_thread, capsys, monkeypatch):
+    teacher = json.loads((teacher_run / "summary.json").read_text())
+    # the run directory is a Hugging Face model directory: config.json + model.safetensors (+ kdlab's files)
+    for name in ("config.json", "model.safetensors", "config.yaml", "metrics.jsonl"):
+        assert (teacher_run / name).is_file(), name
+    reloaded = load_pretrained(teacher_run)
+    assert sum(p.numel() for p in reloaded.parameters()) == teacher["parameters"]
+    # 256 byte ids: the uniform distribution has perplexity 256; the text uses 19 distinct bytes, so even a
+    # unigram model is ~16. Two epochs of a one-layer model must get well below both.
+    assert teacher["test"]["perplexity"] < 256 / 20
+    assert teacher["test"]["perplexity"] == pytest.approx(float(torch.tensor(teacher["test"]["nll"]).exp()))
+    cfg = config(
+        corpus,
+        "kd",
+        teacher={"run": str(teacher_run)},
+        method={"name": "kd", "alpha": 0.5},
+        model={"name": "hf_causal_lm", "kwargs": {**TINY, "hidden_size": 16, "intermediate_size": 32}},
+    )
+    code, out, err = cli(["distill", str(cfg)], capsys, monkeypatch)
+    assert code == 0, err
+    assert "test perplexity" in out and "agreement" in out
+    student = json.loads((corpus / "kd" / "summary.json").read_text())
+    assert student["task"] == "causal_lm" and student["method"].startswith("kd(alpha=0.5")
+    for split in ("val", "test"):
+        assert set(student[split]) >= {"nll", "perplexity", "accuracy", "agreement", "tokens"}
+        assert 0.0 < student[split]["agreement"] <= 1.0
+    assert student["test"]["perplexity"] < 256 / 10
+    assert student["data"]["tokenizer"] == teacher["data"]["tokenizer"] == "bytes-utf8"
+    assert student["data"]["train_tokens"] == teacher["data"]["train_tokens"] > 0
+
+
+def test_cache_round_trip_equals_the_live_teacher(corpus, teacher_run, one_thread, capsys, monkeypatch):
+    """k = vocabulary: the cached teacher is the live one up to float16 rounding of the stored logits."""
+    cfg_path = config(corpus, "cached", teacher={"run": str(teacher_run)}, cache={"topk": 256})
+    code, out, err = cli(["cache-logits", str(cfg_path)], capsys, monkeypatch)
+    assert code == 0, err
+    cache_dir = teacher_run / out.split("cached in ")[1].split()[0].split("/")[-1]
+    cfg = load_config(cfg_path)
+    data = load_text(str(corpus / "train-*"), str(corpus / "val.txt"), str(corpus / "test.txt"), "bytes", BLOCK)
+    live = LiveTeacher(teacher_run, torch.device("cpu"))
+    cached = CachedTeacher(cache_dir, cache_fingerprints(data, teacher_run), BLOCK - 1, torch.device("cpu"))
+    assert len(SparseLogitCache(cache_dir / "train")) == data.train.shape[0] * (BLOCK - 1)
+    index = torch.tensor([3, 0, 7, 5])
+    ids = data.train[index]
+    torch.manual_seed(1)
+    student = HiddenStates(load_pretrained(teacher_run))
+    for p in student.parameters():  # a student that differs from the teacher
+        p.data.add_(torch.randn_like(p) * 0.05)
+    hidden, weight = student(ids)[:, :-1].detach(), student.head_weight.detach()
+    t_logits = live.logits(ids)
+    stored = t_logits - t_logits.amax(-1, keepdim=True)  # what the cache holds: shifted, float16
+    for method in ({"name": "kd", "temperature": 2.0}, {"name": "ptloss", "epsilon": [0.2, -0.1]}):
+        objective = build_objective(load_config({**cfg.model_dump(mode="json"), "method": method}), distilling=True)
+        from_cache = objective(hidden, weight, cached.train_input(index, ids), ids[:, 1:], 1000)
+        from_live = objective(hidden, weight, live.train_input(index, ids), ids[:, 1:], 1000)
+        rounded = objective(hidden, weight, stored.half().float(), ids[:, 1:], 1000)
+        (value,) = from_cache.values()
+        assert float(value) == pytest.approx(float(next(iter(rounded.values()))), rel=1e-5)
+        assert float(value) == pytest.approx(float(next(iter(from_live.values()))), rel=2e-2)
+    # the cache's top-1 is the live teacher's argmax (agreement needs nothing else)
+    assert torch.equal(cached.top1("val", 2, data.val[2:5]), live.top1("val", 2, data.val[2:5]))
+
+
+def test_bytes_per_token_at_k64(corpus, teacher_run, one_thread, capsys, monkeypatch):
+    cfg = config(corpus, "k64", teacher={"run": str(teacher_run)}, cache={"topk": 64, "path": str(corpus / "c64")})
+    code, out, err = cli(["cache-logits", str(cfg)], capsys, monkeypatch)
+    assert code == 0, err
+    # by hand: 64 float16 values (128 B) + 64 int16 low index halves (128 B, no high bits below 65,536 classes)
+    # + one float32 log_rest (4 B) = 260 bytes of tensor data per token; headers and index.json come on top
+    train = SparseLogitCache(corpus / "c64" / "train")
+    assert train.payload_bytes_per_token == 260.0
+    assert 260 < train.bytes_per_token < 300
+    assert "260.0 of tensor data" in out.replace("\n", " ")
+    # a PTLoss student from the cache: epsilon chosen on the k + 1 buckets of validation tokens, agreement from
+    # the cached top-1
+    args = ["--set", "method.name=ptloss", "--set", "method.candidates=4", "--set", "method.selection_tokens=64"]
+    code, out, err = cli(
+        ["distill", str(cfg), *args, "--set", "cache.use=require", "--set", "train.epochs=1"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    summary = json.loads((corpus / "k64" / "summary.json").read_text())
+    assert summary["teacher"].startswith("cached top-64") and 0 < summary["test"]["agreement"] <= 1
+    selection = json.loads((corpus / "k64" / "ptloss_selection.json").read_text())
+    assert len(selection["candidates"]) == 4 and len(selection["epsilon"]) == 5
+    chosen = [round(x, 4) for x in selection["epsilon"]]
+    assert summary["method"] == f"ptloss(alpha=0.0, beta=1.0, T=1.0, eps={chosen})"
+
+
+def test_user_errors_are_one_line(corpus, teacher_run, capsys, monkeypatch):
+    cfg = config(corpus, "bad", teacher={"run": str(teacher_run)}, cache={"topk": 8, "path": str(corpus / "c8")})
+    assert cli(["cache-logits", str(cfg)], capsys, monkeypatch)[0] == 0
+    # the cache was made for other data (another validation file): refused, nothing written
+    (corpus / "val2.txt").write_text(sentences(40, 101))
+    code, _, err = cli(
+        [
+            "distill",
+            str(cfg),
+            "--set",
+            "method.name=kd",
+            "--set",
+            "cache.use=require",
+            "--set",
+            f"data.val={corpus}/val2.txt",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    one_error_line(code, err, "made for other data")
+    assert not (corpus / "bad").exists()
+    # a student whose vocabulary differs from the teacher's
+    code, _, err = cli(
+        ["distill", str(cfg), "--set", "method.name=kd", "--set", "model.kwargs.vocab_size=300"], capsys, monkeypatch
+    )
+    one_error_line(code, err, "vocabulary mismatch: the teacher")
+    # another tokenizer than the teacher's
+    tokenizer = corpus / "tok.json"
+    from kdlab.data.text import train_bpe
+
+    train_bpe([corpus / "train-a.txt"], 256, tokenizer)
+    code, _, err = cli(
+        ["distill", str(cfg), "--set", "method.name=kd", "--set", f"data.tokenizer={tokenizer}"], capsys, monkeypatch
+    )
+    one_error_line(code, err, "another tokenizer")
+    code, _, err = cli(["train", str(cfg), "--set", "method.name=kd"], capsys, monkeypatch)
+    one_error_line(code, err, "needs `kdlab distill`")
+    assert not (corpus / "bad").exists()
+
+
+def test_kdlab_and_the_image_tasks_do_not_import_transformers():
+    """transformers is the hf extra: only task: causal_lm loads it (a digits run was checked by hand too)."""
+    import subprocess
+
+    code = (
+        "import sys, kdlab, kdlab.cli, kdlab.engine.run, kdlab.engine.loop, kdlab.data, kdlab.models, kdlab.losses, "
+        "kdlab.methods; assert 'transformers' not in sys.modules, 'transformers imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_gradient_accumulation_is_exact(corpus, one_thread):
+    """2 micro-batches of 8 blocks = 1 batch of 16: each micro-batch is divided by the window's target tokens."""
+    from safetensors.torch import load_file
+
+    from kdlab.engine import train
+
+    weights = []
+    for batch, accum in ((16, 1), (8, 2)):
+        path = config(corpus, f"accum{accum}", train={"epochs": 1, "batch_size": batch, "grad_accum": accum})
+        summary = train(path)
+        assert summary["optimizer_steps"] == summary["data"]["train_tokens"] // BLOCK // 16 == 25
+        weights.append(load_file(str(corpus / f"accum{accum}" / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=1e-4, atol=1e-5)
+
+
+def test_stdlib_prefix_and_jsonl_errors(tmp_path):
+    from kdlab.data import DataError
+    from kdlab.data.text import read_documents, resolve_files
+
+    (found,) = resolve_files("train", "stdlib:json/__init__.py")
+    assert found.is_file() and found.parent.name == "json"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"txt": "no"}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: expected a JSON object with a string 'text' field"):
+        read_documents([bad])
+    with pytest.raises(DataError, match=r"data\.val: no file matches"):
+        resolve_files("val", str(tmp_path / "*.txt"))
