@@ -215,6 +215,7 @@ def test_compress_prune_then_ptq_and_export_cli(source_run, tmp_path, monkeypatc
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "int8" in printed and "argmax agreement 1.0000" in printed.replace("\n", " ")
+    assert "onnxruntime CPU latency (median" in printed
     assert (out / "model.onnx").is_file()
 
 

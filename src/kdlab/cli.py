@@ -348,16 +348,20 @@ def quantize_line(q: dict) -> str:
 def export_command(
     run_dir: Path = typer.Argument(..., help="A finished run directory (float, pruned or int8).", show_default=False),
     output: Path = typer.Option(None, "-o", "--output", help="The ONNX file (default: RUN_DIR/model.onnx)."),
+    float_: bool = typer.Option(False, "--float", help="A quantized run's float weights, not its int8 model."),
 ):
     """Export a run's model to ONNX (variable batch) and check it against the torch model on the run's test data."""
     from kdlab.compress.export import export_run
 
-    report = export_run(run_dir, output)
+    report = export_run(run_dir, output, float_model=float_)
     console.print(
         f"exported {report['path']} ({report['file_bytes']:,} bytes, {report['kind']}); onnxruntime vs torch on "
         f"{report['rows']} test inputs: argmax agreement {report['agreement']:.4f}, "
         f"max |logit diff| {report['max_abs_diff']:.2e}, test acc {report['onnx_test_accuracy']:.4f}"
     )
+    if "onnx_latency_ms" in report:
+        timings = ", ".join(f"batch {k.split('_')[1]} {v:.3f} ms" for k, v in report["onnx_latency_ms"].items())
+        console.print(f"onnxruntime CPU latency (median, {report['threads']} threads): {timings}")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kdlab.eval.footprint import is_tensor_subclass
+from kdlab.eval.footprint import is_tensor_subclass, median_latency_ms
 from kdlab.io import atomic_write_bytes
 
 MIN_AGREEMENT = 0.99  # kdlab export: argmax agreement with torch below this is an error
@@ -82,14 +83,17 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: str | os.PathLike
     return atomic_write_bytes(path, proto.SerializeToString())
 
 
-def onnx_session(path: str | os.PathLike[str]):
-    """An onnxruntime CPU session for ``path`` (ValueError with the file name if it does not load)."""
+def onnx_session(path: str | os.PathLike[str], threads: int | None = None):
+    """An onnxruntime CPU session for ``path`` (ValueError with the file name if it does not load);
+    ``threads``: intra-op threads (default: onnxruntime's choice)."""
     import onnxruntime as ort
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"no ONNX file at {path}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    if threads is not None:
+        options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types
@@ -106,23 +110,33 @@ def onnx_predict(path: str | os.PathLike[str], x: Tensor | np.ndarray, batch_siz
     return np.concatenate(pieces)
 
 
-def export_run(run_dir: str | os.PathLike[str], output: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def export_run(
+    run_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    float_model: bool = False,
+    latency: bool = True,
+) -> dict[str, Any]:
     """``kdlab export``: the run's model (float, pruned or int8) as ONNX, checked on the run's test split.
 
-    Writes ``output`` (default ``RUN_DIR/model.onnx``) and compares onnxruntime's logits with torch's on every test
-    input; below ``MIN_AGREEMENT`` argmax agreement the file is removed and a ``ValueError`` says so.
+    ``float_model``: for a quantized run, its float weights before conversion (``model-float.safetensors``)
+    instead of the int8 model. Writes ``output`` (default ``RUN_DIR/model.onnx``, ``model-float.onnx``) and
+    compares onnxruntime's logits with torch's on every test input; below ``MIN_AGREEMENT`` argmax agreement the
+    file is removed and a ``ValueError`` says so. ``latency``: also onnxruntime's median CPU latency at batch 1
+    and 256 (``onnx_latency_ms``).
     """
     from kdlab.config import ConfigError, load_config
     from kdlab.engine.run import load_data, load_run_model
 
     run = Path(run_dir)
-    weights = run / "model.safetensors"
+    name = "model-float" if float_model and (run / "model-float.safetensors").is_file() else "model"
+    weights = run / f"{name}.safetensors"
     if not (run / "config.yaml").is_file() or not weights.is_file():
         raise ConfigError(f"{run} is not a finished kdlab run directory (config.yaml and model.safetensors needed)")
     cfg = load_config(run / "config.yaml")
     data = load_data(cfg)
     model = load_run_model(cfg, data, weights).eval()
-    path = Path(output) if output is not None else run / "model.onnx"
+    path = Path(output) if output is not None else run / f"{name}.onnx"
     export_onnx(model, data.x_test[:2], path)
     with torch.inference_mode():
         expected = torch.cat([model(data.x_test[i : i + 1024]) for i in range(0, len(data.x_test), 1024)]).numpy()
@@ -136,6 +150,15 @@ def export_run(run_dir: str | os.PathLike[str], output: str | os.PathLike[str] |
         "max_abs_diff": float(np.abs(got - expected).max()),
         "onnx_test_accuracy": float((got.argmax(1) == data.y_test.numpy()).mean()),
     }
+    if latency:  # the same protocol as kdlab evaluate's footprint, with as many threads as torch uses
+        session = onnx_session(path, threads=torch.get_num_threads())
+        run_onnx = partial(session.run, None)
+        example = data.x_test[:1].numpy()
+        report["onnx_latency_ms"] = {
+            f"batch_{b}": median_latency_ms(lambda x: run_onnx({"input": x}), np.repeat(example, b, 0))[0]
+            for b in (1, 256)
+        }
+        report["threads"] = torch.get_num_threads()
     if report["agreement"] < MIN_AGREEMENT:
         path.unlink()
         raise ValueError(

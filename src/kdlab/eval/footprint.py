@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +57,11 @@ def _tile(example: Tensor, batch: int) -> Tensor:
 
 @torch.inference_mode()
 def median_latency_ms(
-    model: nn.Module, x: Tensor, repeats: int = 20, warmup: int = 3, budget_s: float = 2.0
+    model: Callable[[Any], Any], x: Any, repeats: int = 20, warmup: int = 3, budget_s: float = 2.0
 ) -> tuple[float, int]:
-    """Median wall time of ``model(x)`` in ms over ``repeats`` runs after ``warmup`` runs; stops early (after at
-    least 3 runs) once ``budget_s`` is spent, so a large model does not stall ``kdlab evaluate``. Returns the
-    median and the number of timed runs."""
+    """Median wall time in ms of ``model(x)`` (any callable: a module, an onnxruntime session's run) over
+    ``repeats`` runs after ``warmup`` runs; stops early (after at least 3 runs) once ``budget_s`` is spent, so a
+    large model does not stall ``kdlab evaluate``. Returns the median and the number of timed runs."""
     for _ in range(warmup):
         model(x)
     times: list[float] = []
