@@ -219,6 +219,28 @@ def test_compress_prune_then_ptq_and_export_cli(source_run, tmp_path, monkeypatc
     assert (out / "model.onnx").is_file()
 
 
+def test_compress_prune_then_qat_keeps_the_pruned_zeros(source_run, tmp_path):
+    cfg = {
+        "name": "sparse-qat",
+        "out": str(tmp_path / "sparse-qat"),
+        "data": {"name": "digits"},
+        "compress": {
+            "source": str(source_run),
+            "prune": {"kind": "unstructured", "sparsity": 0.5},
+            "quantize": {"mode": "qat"},
+        },
+        "train": {**TRAIN, "epochs": 1},
+    }
+    summary = compress(cfg)
+    zeros = round(0.5 * 4736)  # of the 64*64 + 64*10 Linear weights
+    assert summary["compress"]["steps"][0]["sparsity"] == zeros / 4736  # the pruning record survives QAT
+    assert summary["nonzero_parameters"] == 4810 - zeros and summary["quantized"] == "int8_dynamic"
+    evaluated = evaluate(tmp_path / "sparse-qat", splits=("test",), latency=False)
+    # masks re-applied through QAT, and int8 keeps a zero weight zero (symmetric: zero point 0)
+    assert evaluated["footprint"]["nonzero_parameters"] <= 4810 - zeros
+    assert evaluated["test"]["accuracy"] >= 0.9
+
+
 def test_quantize_errors_are_one_line(source_run, tmp_path, monkeypatch, capsys):
     path = tmp_path / "cfg.yaml"
     bad = {"out": str(tmp_path / "run"), "compress": {"source": str(source_run), "quantize": {"scheme": "int4"}}}

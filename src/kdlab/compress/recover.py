@@ -185,7 +185,9 @@ def quantize_stage(
     test = classification_metrics(int8_logits, y)
     float_test = classification_metrics(float_logits, y)
     vs_float = classification_metrics(int8_logits, y, float_logits)  # the float model as the "teacher"
-    info = summary.get("compress", {"source": str(cfg.compress.source)})
+    earlier = prior if prior is not None else summary  # the pruning stage's block, or the PTQ run's
+    info = dict(earlier.get("compress") or {"source": str(cfg.compress.source)})
+    summary.update({k: earlier[k] for k in ("sparsity", "nonzero_parameters") if k in earlier})
     info["quantize"] = {
         **q.model_dump(mode="json"),
         "float_test_accuracy": float_test["accuracy"],
