@@ -11,9 +11,10 @@ import struct
 from pathlib import Path
 
 import pytest
+import test_compress
 import torch
 from safetensors.torch import save_file
-from test_compress import assert_one_line_error
+from test_compress import TRAIN, assert_one_line_error
 
 from kdlab import models
 from kdlab.cli import main
@@ -29,10 +30,11 @@ from kdlab.compress.quantize import (
 )
 from kdlab.compress.recover import compress
 from kdlab.data import load_dataset
-from kdlab.engine import evaluate, train
+from kdlab.engine import evaluate
 from kdlab.losses import kd_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+source_run = test_compress.source_run  # the same trained digits MLP (64 hidden units) as the pruning tests
 
 
 @pytest.fixture(scope="module")
@@ -155,27 +157,18 @@ def test_onnx_exports_run_in_onnxruntime_and_agree(float_mlp, digits, tmp_path):
     assert int8_weights == [640, 4096]  # the int8 weights themselves, not float copies
 
 
-TRAIN = {"batch_size": 64, "progress": False, "train_eval_size": 0, "optimizer": {"lr": 0.05}}
-
-
-@pytest.fixture(scope="module")
-def source_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("quantize") / "source"
-    model = {"name": "mlp", "kwargs": {"hidden": [64]}}
-    train({"name": "src", "out": str(out), "data": {"name": "digits"}, "model": model, "train": {**TRAIN, "epochs": 4}})
-    return out
+def _compress_config(out: Path, source: Path, sections: dict, **extra) -> dict:
+    """A digits ``kdlab compress`` config: ``sections`` = prune/quantize; ``extra`` = method, train, ..."""
+    train_cfg = {**TRAIN, "epochs": 1, **extra.pop("train", {})}
+    base = {"name": out.name, "out": str(out), "data": {"name": "digits"}, "train": train_cfg}
+    return {**base, "compress": {"source": str(source), **sections}, **extra}
 
 
 def test_compress_qat_with_kd_end_to_end(source_run, tmp_path):
     out = tmp_path / "qat-kd"
-    cfg = {
-        "name": "qat-kd",
-        "out": str(out),
-        "data": {"name": "digits"},
-        "compress": {"source": str(source_run), "quantize": {"mode": "qat", "scheme": "int8_dynamic"}},
-        "method": {"name": "kd", "temperature": 4.0, "alpha": 0.1, "beta": 0.9},
-        "train": {**TRAIN, "epochs": 2, "optimizer": {"lr": 0.01}},
-    }
+    kd = {"name": "kd", "temperature": 4.0, "alpha": 0.1, "beta": 0.9}
+    sections = {"quantize": {"mode": "qat", "scheme": "int8_dynamic"}}
+    cfg = _compress_config(out, source_run, sections, method=kd, train={"epochs": 2, "optimizer": {"lr": 0.01}})
     summary = compress(cfg)
     q = summary["compress"]["quantize"]
     assert summary["quantized"] == "int8_dynamic" and summary["teacher"].startswith("mlp from")  # float source
@@ -193,18 +186,8 @@ def test_compress_qat_with_kd_end_to_end(source_run, tmp_path):
 
 def test_compress_prune_then_ptq_and_export_cli(source_run, tmp_path, monkeypatch, capsys):
     out = tmp_path / "pruned-ptq"
-    cfg = {
-        "name": "pruned-ptq",
-        "out": str(out),
-        "data": {"name": "digits"},
-        "compress": {
-            "source": str(source_run),
-            "prune": {"kind": "structured", "sparsity": 0.5},
-            "quantize": {"mode": "ptq", "scheme": "int8_weight_only"},
-        },
-        "train": {**TRAIN, "epochs": 1},
-    }
-    summary = compress(cfg)
+    sections = {"prune": {"kind": "structured", "sparsity": 0.5}, "quantize": {"scheme": "int8_weight_only"}}
+    summary = compress(_compress_config(out, source_run, sections))  # quantize.mode: ptq by default
     q = summary["compress"]["quantize"]
     assert summary["compress"]["steps"][0]["hidden"] == [32] and summary["parameters"] == 2410  # pruned first
     assert q["agreement_with_float"] >= 0.98
@@ -220,18 +203,8 @@ def test_compress_prune_then_ptq_and_export_cli(source_run, tmp_path, monkeypatc
 
 
 def test_compress_prune_then_qat_keeps_the_pruned_zeros(source_run, tmp_path):
-    cfg = {
-        "name": "sparse-qat",
-        "out": str(tmp_path / "sparse-qat"),
-        "data": {"name": "digits"},
-        "compress": {
-            "source": str(source_run),
-            "prune": {"kind": "unstructured", "sparsity": 0.5},
-            "quantize": {"mode": "qat"},
-        },
-        "train": {**TRAIN, "epochs": 1},
-    }
-    summary = compress(cfg)
+    sections = {"prune": {"kind": "unstructured", "sparsity": 0.5}, "quantize": {"mode": "qat"}}
+    summary = compress(_compress_config(tmp_path / "sparse-qat", source_run, sections))  # method ce: QAT fine-tune
     zeros = round(0.5 * 4736)  # of the 64*64 + 64*10 Linear weights
     assert summary["compress"]["steps"][0]["sparsity"] == zeros / 4736  # the pruning record survives QAT
     assert summary["nonzero_parameters"] == 4810 - zeros and summary["quantized"] == "int8_dynamic"
