@@ -69,7 +69,10 @@ class _Sleeper(nn.Module):
         super().__init__()
         self.seconds = seconds
 
+        self.calls = 0
+
     def forward(self, x):
+        self.calls += 1
         time.sleep(self.seconds)
         return x
 
@@ -77,5 +80,7 @@ class _Sleeper(nn.Module):
 def test_median_latency_measures_a_known_delay_and_respects_the_budget():
     ms, runs = median_latency_ms(_Sleeper(0.004), torch.zeros(1), repeats=5, warmup=1)
     assert runs == 5 and 4.0 <= ms < 40.0  # sleep never returns early; a busy host may add, not remove
-    ms, runs = median_latency_ms(_Sleeper(0.004), torch.zeros(1), repeats=1000, warmup=0, budget_s=0.001)
+    slow = _Sleeper(0.004)
+    ms, runs = median_latency_ms(slow, torch.zeros(1), repeats=1000, warmup=3, budget_s=0.001)
     assert runs == 3 and ms >= 4.0  # at least three timed runs, then the budget stops it
+    assert slow.calls == 1 + 3  # one warm-up run: it alone took more than a quarter of the budget

@@ -60,10 +60,14 @@ def median_latency_ms(
     model: Callable[[Any], Any], x: Any, repeats: int = 20, warmup: int = 3, budget_s: float = 2.0
 ) -> tuple[float, int]:
     """Median wall time in ms of ``model(x)`` (any callable: a module, an onnxruntime session's run) over
-    ``repeats`` runs after ``warmup`` runs; stops early (after at least 3 runs) once ``budget_s`` is spent, so a
-    large model does not stall ``kdlab evaluate``. Returns the median and the number of timed runs."""
+    ``repeats`` runs after ``warmup`` runs. Stops early (after at least 3 timed runs, and after the first warm-up
+    run if it took over a quarter of ``budget_s``) once ``budget_s`` is spent, so a large model does not stall
+    ``kdlab evaluate``. Returns the median and the number of timed runs."""
     for _ in range(warmup):
+        start = time.perf_counter()
         model(x)
+        if time.perf_counter() - start > budget_s / 4:  # a slow model: one warm-up run is enough
+            break
     times: list[float] = []
     spent = 0.0
     while len(times) < repeats and (len(times) < 3 or spent < budget_s):
