@@ -200,6 +200,12 @@ def test_compress_prune_then_ptq_and_export_cli(source_run, tmp_path, monkeypatc
     assert "int8" in printed and "argmax agreement 1.0000" in printed.replace("\n", " ")
     assert "onnxruntime CPU latency (median" in printed
     assert (out / "model.onnx").is_file()
+    # an export that disagrees with torch (here: onnxruntime's rows shuffled) is an error and is not kept
+    shuffled = lambda path, x: onnx_predict(path, x)[torch.randperm(len(x)).numpy()]  # noqa: E731
+    monkeypatch.setattr("kdlab.compress.export.onnx_predict", shuffled)
+    target = tmp_path / "bad.onnx"
+    assert_one_line_error(monkeypatch, capsys, ["export", str(out), "-o", str(target)], "agrees with the torch model")
+    assert not target.exists()
 
 
 def test_compress_prune_then_qat_keeps_the_pruned_zeros(source_run, tmp_path):
