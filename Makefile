@@ -40,6 +40,7 @@ bench-quick: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py
 	$(PY) benchmarks/engine_overhead.py
+	$(PY) benchmarks/int8_footprint.py
 	$(PY) benchmarks/fmnist_ready_configs.py
 	$(PY) benchmarks/ptloss_fmnist.py
 	$(PY) benchmarks/capacity_gap_fmnist.py
