@@ -226,6 +226,7 @@ def plot(rows: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     panels = [("size_kb", "size on disk (KB)"), ("latency_b1_ms", "latency, batch 1 (ms)")]
     panels.append(("latency_b256_ms", "latency, batch 256 (ms)"))
@@ -248,6 +249,9 @@ def plot(rows: dict, path: Path) -> None:
                 label=label if family not in seen else None,
             )
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3, which="both")
         seen.add(family)
