@@ -219,15 +219,20 @@ def sweep_command(
 
 
 @app.command("evaluate")
-def evaluate_command(run_dir: Path = typer.Argument(..., help="A finished run directory.")):
-    """Metrics of a finished run on train, val and test (accuracy, NLL, ECE, fidelity to the teacher);
-    written into its summary.json (under "evaluation") and evaluation.json, plots into RUN_DIR/plots/."""
+def evaluate_command(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    no_latency: bool = typer.Option(False, "--no-latency", help="Skip the CPU latency measurement."),
+):
+    """Metrics of a finished run on train, val and test (accuracy, NLL, ECE, fidelity to the teacher) and its
+    footprint (bytes on disk, parameters, non-zeros, CPU latency at batch 1 and 256); written into its
+    summary.json (under "evaluation") and evaluation.json, plots into RUN_DIR/plots/."""
     from kdlab.engine import evaluate
     from kdlab.eval.plots import write_run_plots
     from kdlab.eval.report import load_run
 
-    result = evaluate(run_dir)
+    result = evaluate(run_dir, latency=not no_latency)
     console.print(evaluation_table(result, f"evaluation of {run_dir}"))
+    console.print(footprint_line(result["footprint"]))
     written = write_run_plots(run_dir / "plots", load_run(run_dir).records, result)
     console.print(f"plots: {', '.join(str(p) for p in written)}")
 
@@ -242,6 +247,18 @@ EVAL_COLUMNS = {
     "proxy_agreement": "agree proxy",
     "kl_proxy": "KL proxy‖s",
 }
+
+
+def footprint_line(fp: dict) -> str:
+    """File size, parameters, non-zeros and (if measured) the median CPU latencies, on one line."""
+    line = (
+        f"footprint: {fp['file_bytes']:,} bytes on disk, {fp['parameters']:,} parameters "
+        f"({fp['nonzero_parameters']:,} non-zero, {fp['parameter_bytes']:,} bytes in memory)"
+    )
+    if "latency_ms" in fp:
+        timings = ", ".join(f"batch {k.split('_')[1]} {v:.3f} ms" for k, v in fp["latency_ms"].items())
+        line += f"; CPU latency (median, {fp['threads']} threads): {timings}"
+    return line
 
 
 def evaluation_table(result: dict, title: str) -> Table:
@@ -299,7 +316,7 @@ def compress_command(config: Path = CONFIG, set_: list[str] = SET, overwrite: bo
     if _main_process():
         console.print(summary_table([summary], f"compressed: {summary['name']}"))
         info = summary["compress"]
-        for step in info["steps"]:
+        for step in info.get("steps", []):
             shape = next((key for key in ("hidden", "channels") if key in step), None)
             pruned = (
                 f"{shape} {step[shape]} (units removed: {step['target_sparsity']:.3f})"
@@ -311,9 +328,41 @@ def compress_command(config: Path = CONFIG, set_: list[str] = SET, overwrite: bo
                 f"{step['parameters']} parameters, {step['nonzero_parameters']} non-zero, "
                 f"{step['macs']} MACs, test acc {step['test_accuracy']:.4f}"
             )
-        source_acc = info["source_test_accuracy"]
-        shown = "-" if source_acc is None else f"{source_acc:.4f}"
-        console.print(f"source {info['source']}: {info['before']['parameters']} parameters, test acc {shown}")
+        if "before" in info:
+            source_acc = info["source_test_accuracy"]
+            shown = "-" if source_acc is None else f"{source_acc:.4f}"
+            console.print(f"source {info['source']}: {info['before']['parameters']} parameters, test acc {shown}")
+        if "quantize" in info:
+            console.print(quantize_line(info["quantize"]))
+
+
+def quantize_line(q: dict) -> str:
+    """One line on what int8 quantization kept: accuracy before/after, agreement, bytes on disk."""
+    return (
+        f"int8 {q['mode']} ({q['scheme']}, {q['int8_linear_layers']}/{q['linear_layers']} Linear layers): "
+        f"test acc {q['float_test_accuracy']:.4f} before conversion -> {q['int8_test_accuracy']:.4f} int8, "
+        f"agreement {q['agreement_with_float']:.4f}; {q['float_file_bytes']:,} -> {q['int8_file_bytes']:,} bytes"
+    )
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (float, pruned or int8).", show_default=False),
+    output: Path = typer.Option(None, "-o", "--output", help="The ONNX file (default: RUN_DIR/model.onnx)."),
+    float_: bool = typer.Option(False, "--float", help="A quantized run's float weights, not its int8 model."),
+):
+    """Export a run's model to ONNX (variable batch) and check it against the torch model on the run's test data."""
+    from kdlab.compress.export import export_run
+
+    report = export_run(run_dir, output, float_model=float_)
+    console.print(
+        f"exported {report['path']} ({report['file_bytes']:,} bytes, {report['kind']}); onnxruntime vs torch on "
+        f"{report['rows']} test inputs: argmax agreement {report['agreement']:.4f}, "
+        f"max |logit diff| {report['max_abs_diff']:.2e}, test acc {report['onnx_test_accuracy']:.4f}"
+    )
+    if "onnx_latency_ms" in report:
+        timings = ", ".join(f"batch {k.split('_')[1]} {v:.3f} ms" for k, v in report["onnx_latency_ms"].items())
+        console.print(f"onnxruntime CPU latency (median, {report['threads']} threads): {timings}")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -146,11 +146,29 @@ class PruneConfig(_Strict):
     norm: Literal["l1", "l2"] = "l1"  # structured: unit score = norm of its incoming weights
 
 
+class QuantizeConfig(_Strict):
+    """int8 quantization (kdlab.compress.quantize): ``ptq`` after training, or ``qat`` trained with ``method``."""
+
+    mode: Literal["ptq", "qat"] = "ptq"
+    scheme: Literal["int8_dynamic", "int8_weight_only"] = "int8_dynamic"
+
+
 class CompressConfig(_Strict):
-    """``kdlab compress``: prune the model of the finished run ``source``, then recover with ``method``."""
+    """``kdlab compress``: prune and/or quantize the model of the finished run ``source``, recovering with ``method``.
+
+    Prune first, then quantize. Without either section it prunes with ``PruneConfig``'s defaults (as before
+    quantization existed).
+    """
 
     source: str
-    prune: PruneConfig = PruneConfig()
+    prune: PruneConfig | None = None
+    quantize: QuantizeConfig | None = None
+
+    @model_validator(mode="after")
+    def _default_prune(self) -> CompressConfig:
+        if self.prune is None and self.quantize is None:
+            self.prune = PruneConfig()
+        return self
 
 
 class RunConfig(_Strict):

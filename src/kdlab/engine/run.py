@@ -349,19 +349,22 @@ def cache_logits(config, overrides: list[str] | None = None) -> Path:
     return path
 
 
-def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Any]:
+def evaluate(
+    run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "test"), *, latency: bool = True
+) -> dict[str, Any]:
     """Metrics of a finished run's model on every split: accuracy, NLL, ECE (+ reliability curve), confusion
     matrices, and — with the run's teacher — top-1 agreement and KL(teacher ‖ student); for ptloss runs also
-    the fidelity to the proxy teacher. Written to evaluation.json and, under "evaluation", into summary.json."""
+    the fidelity to the proxy teacher; its ``footprint`` (file size, parameters, non-zeros, CPU latency at batch
+    1 and 256 unless ``latency=False``). Written to evaluation.json and, under "evaluation", into summary.json."""
     from kdlab.eval import full_evaluation
+    from kdlab.eval.footprint import footprint
 
     run = Path(run_dir)
     if not (run / "config.yaml").is_file() or not (run / "model.safetensors").is_file():
         raise ConfigError(f"{run} is not a finished kdlab run directory (config.yaml and model.safetensors needed)")
     cfg = load_config(run / "config.yaml")
     data = load_data(cfg)
-    student = build_student(cfg, data)
-    student.load_state_dict(load_file(str(run / "model.safetensors")))
+    student = load_run_model(cfg, data, run / "model.safetensors")
     acc = _new_accelerator(cpu=True)
     teacher, cached = None, None
     if cfg.teacher is not None:
@@ -369,7 +372,6 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "te
             teacher, cached, _ = _teacher_and_cache(cfg, data)
         except (ConfigError, CacheError):
             teacher, cached = None, None
-    student = student.to(acc.device)
     if teacher is not None:
         teacher = teacher.to(acc.device)
     epsilon = _proxy_epsilon(cfg, run, data.num_classes) if teacher is not None or cached else None
@@ -393,6 +395,7 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "te
         result[split] = full_evaluation(logits, y, t_logits, proxy, proxy_temperature=temperature)
     result["parameters"] = models.count_parameters(student)
     result["teacher"] = cfg.teacher is not None and (teacher is not None or cached is not None)
+    result["footprint"] = footprint(student, data.x_test[:1], files=[run / "model.safetensors"], latency=latency)
     atomic_write_json(run / "evaluation.json", result)
     summary_path = run / SUMMARY
     if summary_path.is_file():
@@ -400,6 +403,21 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "te
         summary["evaluation"] = result
         atomic_write_json(summary_path, summary)
     return result
+
+
+def load_run_model(cfg: RunConfig, data, weights: Path) -> nn.Module:
+    """A run's model on CPU: its float weights, or the int8 model ``kdlab compress`` saved (the scheme is in the
+    safetensors metadata; rebuilt by ``kdlab.compress.quantize.load_quantized``, no pickle)."""
+    from kdlab.compress.quantize import load_quantized, saved_scheme
+
+    student = build_student(cfg, data)
+    try:
+        if saved_scheme(weights) is not None:
+            return load_quantized(student, weights)
+        student.load_state_dict(load_file(str(weights)))
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"{weights} does not load into {cfg.model.name!r}: {str(err).splitlines()[0]}") from None
+    return student
 
 
 def _proxy_epsilon(cfg: RunConfig, run: Path, num_classes: int) -> torch.Tensor | None:
