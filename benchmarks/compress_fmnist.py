@@ -6,10 +6,13 @@
 Per seed: the student trained from scratch (cross-entropy); then, with ``kdlab compress``, structured pruning of its
 hidden units (smallest L1 norm of incoming weights) to 50 / 75 / 90 %, one shot, recovered for the same number of
 epochs by plain fine-tuning (CE), by KD (T = 4, alpha = 0.1, beta = 0.9) or by PTLoss (epsilon: auto, selected on the
-validation split through the proxy teacher). The teacher of every KD/PTLoss recovery is the unpruned model itself
-(same seed): the issue's "unpruned teacher", free (it exists already) and the setting practitioners have.
-Every model is measured the same way after training: size of its weights file on disk, parameters and non-zeros,
-median CPU latency (one torch thread) at batch 1 and 256 after warm-up, last-epoch test accuracy.
+validation split through the proxy teacher); and int8 quantization (torchao, int8_dynamic) of the unpruned model:
+post-training (PTQ), quantization-aware training with CE (QAT) and with KD (QAT + KD), as many epochs.
+The teacher of every KD/PTLoss recovery is the unpruned float model itself (same seed): the issue's "unpruned,
+full-precision teacher", free (it exists already) and the setting practitioners have.
+Every model is measured the same way after training, with ``kdlab.eval.footprint``: size of its weights file on disk,
+parameters and non-zeros, median CPU latency (one torch thread) at batch 1 and 256 after warm-up; last-epoch test
+accuracy (int8 rows: the int8 model's).
 Run directories are kept under --runs, so a second call only measures and writes the results.
 Results: benchmarks/results/compress_fmnist.{json,md,png} (--quick: benchmarks/results/quick/).
 """
@@ -21,20 +24,18 @@ import json
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment
 
-from kdlab.compress import sparsity_report
 from kdlab.compress.recover import compress
 from kdlab.config import load_config
 from kdlab.engine import train
-from kdlab.engine.run import build_student, load_data
+from kdlab.engine.run import load_data, load_run_model
+from kdlab.eval.footprint import footprint
 from kdlab.eval.plots import save_png
 from kdlab.io import atomic_write_json, atomic_write_text
 
@@ -44,6 +45,12 @@ RECOVERY = {  # row suffix -> method
     "fine-tune": {"name": "ce"},
     "KD": {"name": "kd", "temperature": 4.0, "alpha": 0.1, "beta": 0.9},
     "PTLoss": {"name": "ptloss", "epsilon": "auto"},
+}
+# row -> (run directory tag, compress.quantize, recovery method); scheme int8_dynamic: int8 weights and activations
+QUANTIZED = {
+    "int8 PTQ": ("ptq", {"mode": "ptq"}, None),
+    "int8 QAT (fine-tune)": ("qat-fine-tune", {"mode": "qat"}, RECOVERY["fine-tune"]),
+    "int8 QAT + KD": ("qat-KD", {"mode": "qat"}, RECOVERY["KD"]),
 }
 
 
@@ -78,51 +85,38 @@ class Bench:
             train(self.config(out, seed, self.args.epochs), overwrite=True)
         return out
 
-    def pruned(self, seed: int, source: Path, sparsity: float, recovery: str) -> Path:
-        out = self.args.runs / f"seed{seed}" / f"pruned{round(100 * sparsity)}-{recovery}"
+    def compressed(self, seed: int, source: Path, tag: str, section: dict, method: dict | None) -> Path:
+        """``kdlab compress`` of the seed's scratch model with ``section`` (prune or quantize), recovering with
+        ``method`` for the recovery epochs."""
+        out = self.args.runs / f"seed{seed}" / tag
         if not (out / "summary.json").exists():
-            prune = {"kind": "structured", "sparsity": sparsity}
-            cfg = self.config(
-                out,
-                seed,
-                self.args.recover_epochs,
-                method=RECOVERY[recovery],
-                compress={"source": str(source), "prune": prune},
-            )
-            compress(cfg, overwrite=True)
+            extra = {"compress": {"source": str(source), **section}}
+            if method is not None:
+                extra["method"] = method
+            compress(self.config(out, seed, self.args.recover_epochs, **extra), overwrite=True)
         return out
 
 
-def _median_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    with torch.inference_mode():
-        for _ in range(3):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+_DATA: dict[str, object] = {}
 
 
 def measure(run: Path, repeats: int) -> dict:
-    """Accuracy, size on disk, parameters, non-zeros and CPU latency of a finished run's model."""
+    """Accuracy, size on disk, parameters, non-zeros and CPU latency of a finished run's model (float or int8),
+    with the product's own loader and ``kdlab.eval.footprint`` (what ``kdlab evaluate`` reports)."""
     cfg = load_config(run / "config.yaml")
-    data = load_data(cfg)
-    model = build_student(cfg, data)
+    key = cfg.data.model_dump_json()
+    data = _DATA[key] = _DATA.get(key) or load_data(cfg)
     weights = run / "model.safetensors"
-    model.load_state_dict(load_file(str(weights)))
-    model.eval()
-    report = sparsity_report(model)
-    shape = tuple(data.in_shape)
+    model = load_run_model(cfg, data, weights).eval()
+    cost = footprint(model, data.x_test[:1], files=[weights], repeats=repeats)
     summary = json.loads((run / "summary.json").read_text())
     return {
-        "test_accuracy": summary["test_accuracy"],
-        "size_kb": weights.stat().st_size / 1024,
-        "parameters": report["parameters"],
-        "nonzero_parameters": report["nonzero_parameters"],
-        "latency_b1_ms": _median_ms(model, torch.randn(1, *shape), repeats * 10),
-        "latency_b256_ms": _median_ms(model, torch.randn(256, *shape), repeats),
+        "test_accuracy": summary["test_accuracy"],  # a quantized run's: the int8 model's
+        "size_kb": cost["file_bytes"] / 1024,
+        "parameters": cost["parameters"],
+        "nonzero_parameters": cost["nonzero_parameters"],
+        "latency_b1_ms": cost["latency_ms"]["batch_1"],
+        "latency_b256_ms": cost["latency_ms"]["batch_256"],
         "train_seconds": summary["train_seconds"],
         "method": summary["method"],
     }
@@ -167,6 +161,9 @@ def comparisons(rows: dict) -> list[dict]:
         ft = f"pruned {round(100 * s)} % + fine-tune"
         for rec in ("KD", "PTLoss"):
             pairs.append(paired(rows, f"pruned {round(100 * s)} % + {rec}", ft))
+    if "int8 QAT + KD" in rows:
+        pairs.append(paired(rows, "int8 QAT + KD", "int8 QAT (fine-tune)"))
+        pairs.append(paired(rows, "int8 QAT (fine-tune)", "int8 PTQ"))
     return pairs
 
 
@@ -212,13 +209,22 @@ def markdown(result: dict) -> list[str]:
     return lines
 
 
-STYLE = {  # family -> (colour, label)
-    "scratch": ("black", "from scratch"),
+STYLE = {  # row family -> (colour, legend label)
+    "scratch": ("black", "from scratch (float)"),
     "fine-tune": ("tab:blue", "pruned + fine-tune"),
     "KD": ("tab:orange", "pruned + KD"),
     "PTLoss": ("tab:green", "pruned + PTLoss"),
+    "int8 PTQ": ("tab:purple", "int8 PTQ"),
+    "int8 QAT (fine-tune)": ("tab:brown", "int8 QAT (fine-tune)"),
+    "int8 QAT + KD": ("tab:red", "int8 QAT + KD"),
 }
 MARKERS = {"50": "o", "75": "s", "90": "^"}
+
+
+def family(row: str) -> str:
+    if row in STYLE:
+        return row
+    return next((f for f in RECOVERY if row.startswith("pruned") and row.endswith(f)), "scratch")
 
 
 def plot(rows: dict, path: Path) -> None:
@@ -233,9 +239,9 @@ def plot(rows: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), sharey=True)
     seen = set()
     for name, r in rows.items():
-        family = next((f for f in STYLE if f != "scratch" and name.endswith(f)), "scratch")
-        colour, label = STYLE[family]
-        marker = next((m for pct, m in MARKERS.items() if f"pruned {pct} %" in name), "*")
+        kind = family(name)
+        colour, label = STYLE[kind]
+        marker = next((m for pct, m in MARKERS.items() if f"pruned {pct} %" in name), "D" if "int8" in name else "*")
         for ax, (key, xlabel) in zip(axes, panels, strict=True):
             ax.errorbar(
                 r[key]["mean"],
@@ -246,7 +252,7 @@ def plot(rows: dict, path: Path) -> None:
                 color=colour,
                 ms=7,
                 capsize=3,
-                label=label if family not in seen else None,
+                label=label if kind not in seen else None,
             )
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -254,7 +260,7 @@ def plot(rows: dict, path: Path) -> None:
             ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3, which="both")
-        seen.add(family)
+        seen.add(kind)
     axes[0].set_ylabel("test accuracy")
     axes[0].legend(fontsize=8, title="marker: o 50 %, s 75 %, ^ 90 % pruned", title_fontsize=7)
     fig.suptitle("accuracy vs size and CPU latency (mean ± std over seeds; up and left is better)", fontsize=10)
@@ -277,7 +283,7 @@ def main() -> None:
     args.hidden = [64, 32] if quick else [256, 128]
     args.epochs, args.recover_epochs = (5, 2) if quick else (10, 3)
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
-    repeats = 5 if quick else 20
+    repeats = 10 if quick else 50
     torch.set_num_threads(args.threads)
     bench = Bench(args)
     per_row: dict[str, list[dict]] = {}
@@ -285,9 +291,13 @@ def main() -> None:
         source = bench.scratch(seed)
         per_row.setdefault("from scratch (float)", []).append(measure(source, repeats))
         for s in SPARSITIES:
-            for recovery in RECOVERY:
-                run = bench.pruned(seed, source, s, recovery)
+            prune = {"prune": {"kind": "structured", "sparsity": s}}
+            for recovery, method in RECOVERY.items():
+                run = bench.compressed(seed, source, f"pruned{round(100 * s)}-{recovery}", prune, method)
                 per_row.setdefault(f"pruned {round(100 * s)} % + {recovery}", []).append(measure(run, repeats))
+        for row, (tag, quantize, method) in QUANTIZED.items():
+            run = bench.compressed(seed, source, tag, {"quantize": quantize}, method)
+            per_row.setdefault(row, []).append(measure(run, repeats))
         print(f"seed {seed} done", flush=True)
     rows = {name: aggregate(values) for name, values in per_row.items()}
     result = {
@@ -298,11 +308,17 @@ def main() -> None:
         "protocol": (
             f"Student: MLP with hidden {args.hidden}, {args.epochs} epochs from scratch (SGD lr 0.05, cosine, batch "
             f"128); pruned rows: structured (whole hidden units) one-shot pruning of that model with `kdlab compress`, "
-            f"then {args.recover_epochs} recovery epochs with the row's method; KD and PTLoss distil from the "
-            f"unpruned model of the same seed (the issue's unpruned teacher). Seeds {args.seeds}; mean ± std over "
-            f"seeds; last-epoch test accuracy; size = the weights file (safetensors) on disk; latency = median "
-            f"forward time with {args.threads} torch thread(s) after warm-up ({repeats * 10} runs at batch 1, "
-            f"{repeats} at batch 256), on a shared machine."
+            f"then {args.recover_epochs} recovery epochs with the row's method (fine-tune = CE; KD T = 4, alpha 0.1, "
+            f"beta 0.9; PTLoss with epsilon: auto, proxy-selected on the validation split). int8 rows: torchao "
+            f"int8_dynamic (int8 weights per channel, int8 activations per row) of every Linear of the unpruned model "
+            f"with `kdlab compress` (compress.quantize): PTQ without training, QAT = fake-quantized training for "
+            f"{args.recover_epochs} epochs with CE or KD, then conversion; their accuracy is the int8 model's. KD "
+            f"teacher for every row: the unpruned float model of the same seed (the issue's unpruned, full-precision "
+            f"teacher; it exists already, so distillation costs no extra training). Seeds {args.seeds}; mean ± std "
+            f"over seeds; last-epoch test accuracy; size = the model.safetensors file on disk; latency = "
+            f"`kdlab.eval.footprint` (median of up to {repeats} forward passes after 3 warm-up ones, at most 2 s per "
+            f"batch size) with {args.threads} torch thread(s), on a 2-core machine shared with other jobs: "
+            "latencies below ~0.1 ms are dominated by Python overhead and noise."
         ),
         "rows": rows,
         "comparisons": comparisons(rows),
