@@ -24,6 +24,7 @@ import json
 import math
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -57,6 +58,7 @@ QUANTIZED = {
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.trained, self.reused = 0, 0  # run directories trained by this call / found finished
         self.base = {
             "data": {"name": args.data, "split_seed": 0},  # one validation split: the teacher never saw its rows
             "model": {"name": "mlp", "kwargs": {"hidden": args.hidden}},
@@ -81,19 +83,25 @@ class Bench:
 
     def scratch(self, seed: int) -> Path:
         out = self.args.runs / f"seed{seed}" / "scratch"
-        if not (out / "summary.json").exists():
+        if (out / "summary.json").exists():
+            self.reused += 1
+        else:
             train(self.config(out, seed, self.args.epochs), overwrite=True)
+            self.trained += 1
         return out
 
     def compressed(self, seed: int, source: Path, tag: str, section: dict, method: dict | None) -> Path:
         """``kdlab compress`` of the seed's scratch model with ``section`` (prune or quantize), recovering with
         ``method`` for the recovery epochs."""
         out = self.args.runs / f"seed{seed}" / tag
-        if not (out / "summary.json").exists():
+        if (out / "summary.json").exists():
+            self.reused += 1
+        else:
             extra = {"compress": {"source": str(source), **section}}
             if method is not None:
                 extra["method"] = method
             compress(self.config(out, seed, self.args.recover_epochs, **extra), overwrite=True)
+            self.trained += 1
         return out
 
 
@@ -168,7 +176,7 @@ def comparisons(rows: dict) -> list[dict]:
 
 
 def markdown(result: dict) -> list[str]:
-    env = result["environment"]
+    env, runs = result["environment"], result["runs"]
     lines = [
         f"# Pruning + distillation on {result['data']}: accuracy vs size vs latency",
         "",
@@ -177,6 +185,11 @@ def markdown(result: dict) -> list[str]:
         f"Versions: torch {env['torch']}, kdlab {env['kdlab']}; {env['date_utc']}",
         "",
         result["protocol"],
+        "",
+        f"This call trained {runs['trained_by_this_call']} run directories and reused {runs['reused']} finished ones "
+        "(from earlier calls of the same command, under --runs); its wall time "
+        f"{runs['wall_seconds_this_call'] / 60:.1f} min; training time of all rows together "
+        f"{runs['train_seconds_all_runs'] / 60:.1f} min. Sizes, parameters and latencies are measured by this call.",
         "",
         "| row | test accuracy | size on disk (KB) | parameters | non-zeros | latency b1 (ms) | latency b256 (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -205,7 +218,49 @@ def markdown(result: dict) -> list[str]:
             f"(± {100 * c['sem']:.2f} standard error; per seed {diffs}; "
             f"better on {c['wins']} of {len(c['diffs'])} seeds)."
         )
-    lines.append("")
+    lines += ["", *in_short(result), ""]
+    return lines
+
+
+def in_short(result: dict) -> list[str]:
+    """The answer in words, from the paired comparisons and the measured sizes and latencies."""
+    rows, by_row = result["rows"], {c["row"]: c for c in result["comparisons"]}
+    lines = ["## In short", ""]
+    for rec in ("KD", "PTLoss"):
+        won = [
+            f"{round(100 * s)} %"
+            for s in SPARSITIES
+            if by_row[f"pruned {round(100 * s)} % + {rec}"]["verdict"] == "beats"
+        ]
+        lost = [
+            f"{round(100 * s)} %"
+            for s in SPARSITIES
+            if by_row[f"pruned {round(100 * s)} % + {rec}"]["verdict"] == "is worse than"
+        ]
+        levels = ", ".join(f"{round(100 * s)} %" for s in SPARSITIES)
+        verdict = f"at {', '.join(won)}" if won else "at none of them"
+        rest = f"; it is worse at {', '.join(lost)}" if lost else ""
+        lines.append(
+            f"- After structured pruning to {levels}: {rec} recovery beats plain fine-tuning {verdict}{rest}; "
+            "every other paired difference is within two standard errors of zero."
+        )
+    if "int8 QAT + KD" in by_row:
+        c = by_row["int8 QAT + KD"]
+        lines.append(
+            f"- After int8 quantization, QAT + KD {c['verdict']} QAT with cross-entropy "
+            f"({100 * c['mean']:+.2f} points); test accuracy of int8 PTQ (no training) "
+            f"{rows['int8 PTQ']['test_accuracy']['mean']:.4f}, of the float model "
+            f"{rows['from scratch (float)']['test_accuracy']['mean']:.4f}."
+        )
+    base = rows["from scratch (float)"]
+    for name in (f"pruned {round(100 * SPARSITIES[-1])} % + fine-tune", "int8 PTQ"):
+        if name in rows:
+            size, ms = rows[name]["size_kb"]["mean"], rows[name]["latency_b256_ms"]["mean"]
+            float_ms = base["latency_b256_ms"]["mean"]
+            lines.append(
+                f"- {name}: {base['size_kb']['mean'] / size:.1f}x smaller on disk than the float model; latency at "
+                f"batch 256 {ms:.3f} ms vs {float_ms:.3f} ms ({float_ms / ms:.2f}x the float model's speed)."
+            )
     return lines
 
 
@@ -243,10 +298,11 @@ def plot(rows: dict, path: Path) -> None:
         colour, label = STYLE[kind]
         marker = next((m for pct, m in MARKERS.items() if f"pruned {pct} %" in name), "D" if "int8" in name else "*")
         for ax, (key, xlabel) in zip(axes, panels, strict=True):
+            mean, std = r[key]["mean"], r[key]["std"]
             ax.errorbar(
-                r[key]["mean"],
+                mean,
                 r["test_accuracy"]["mean"],
-                xerr=r[key]["std"],
+                xerr=[[min(std, 0.9 * mean)], [std]],  # a log axis cannot show mean - std <= 0
                 yerr=r["test_accuracy"]["std"],
                 fmt=marker,
                 color=colour,
@@ -262,7 +318,7 @@ def plot(rows: dict, path: Path) -> None:
             ax.grid(alpha=0.3, which="both")
         seen.add(kind)
     axes[0].set_ylabel("test accuracy")
-    axes[0].legend(fontsize=8, title="marker: o 50 %, s 75 %, ^ 90 % pruned", title_fontsize=7)
+    axes[0].legend(fontsize=8, title="marker: o 50 %, s 75 %, ^ 90 % pruned, D int8", title_fontsize=7)
     fig.suptitle("accuracy vs size and CPU latency (mean ± std over seeds; up and left is better)", fontsize=10)
     fig.tight_layout()
     save_png(fig, path, dpi=110)
@@ -285,6 +341,7 @@ def main() -> None:
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
     repeats = 10 if quick else 50
     torch.set_num_threads(args.threads)
+    start = time.perf_counter()
     bench = Bench(args)
     per_row: dict[str, list[dict]] = {}
     for seed in args.seeds:
@@ -320,6 +377,12 @@ def main() -> None:
             f"batch size) with {args.threads} torch thread(s), on a 2-core machine shared with other jobs: "
             "latencies below ~0.1 ms are dominated by Python overhead and noise."
         ),
+        "runs": {
+            "trained_by_this_call": bench.trained,
+            "reused": bench.reused,
+            "wall_seconds_this_call": time.perf_counter() - start,
+            "train_seconds_all_runs": sum(sum(r["train_seconds"]["per_seed"]) for r in rows.values()),
+        },
         "rows": rows,
         "comparisons": comparisons(rows),
     }
