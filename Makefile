@@ -36,6 +36,7 @@ bench-quick: $(STAMP)
 	$(PY) benchmarks/loss_speed.py --quick --vocab 1000 32000 --out benchmarks/results/quick/loss_speed
 	$(PY) benchmarks/engine_overhead.py --quick --out benchmarks/results/quick/engine_overhead
 	$(PY) benchmarks/fidelity_fmnist.py --quick
+	$(PY) benchmarks/compress_fmnist.py --quick
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py
@@ -47,6 +48,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/fidelity_fmnist.py
 	$(PY) benchmarks/lm_loss.py
 	$(PY) benchmarks/lm_stdlib.py
+	$(PY) benchmarks/compress_fmnist.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

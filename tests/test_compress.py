@@ -16,15 +16,19 @@ from kdlab import models
 from kdlab.cli import main
 from kdlab.compress import (
     ReapplyMasks,
+    cnn_channels,
+    forward_macs,
     global_magnitude_prune,
     linear_macs,
     sparsity_report,
     step_targets,
+    structured_prune,
+    structured_prune_cnn,
     structured_prune_mlp,
 )
 from kdlab.compress.recover import compress
 from kdlab.config import ConfigError
-from kdlab.engine import evaluate, train
+from kdlab.engine import evaluate, fit_model, train
 
 
 def _weights(model: torch.nn.Module) -> torch.Tensor:
@@ -123,6 +127,70 @@ def test_structured_pruning_makes_a_wide_mlp_faster():
     assert min(ratios) <= 0.8, ratios
 
 
+def _dead_channel_cnn() -> torch.nn.Module:
+    """cnn 4-4-8-8 on 12x12 whose filters 1, 2 (first block) and 0, 3, 5, 6 (second) are dead: zero weights and a
+    zero BatchNorm shift and mean, so (in eval mode) they output exactly 0 after the ReLU."""
+    model = models.create("cnn", 10, (1, 12, 12), width=4, blocks=2)
+    with torch.no_grad():
+        for p in model.parameters():  # nonzero BN shifts/means everywhere, so live channels are not trivial
+            p.add_(0.1 * torch.randn_like(p))
+        for conv, bn, dead in (
+            (model.layer1[0], model.layer1[1], [1, 2]),
+            (model.layer1[3], model.layer1[4], [1, 2]),
+            (model.layer2[0], model.layer2[1], [0, 3, 5, 6]),
+            (model.layer2[3], model.layer2[4], [0, 3, 5, 6]),
+        ):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            conv.weight[dead] = 0
+            bn.bias[dead] = 0
+            bn.running_mean[dead] = 0
+    return model.eval()
+
+
+def test_structured_cnn_pruning_removes_dead_channels_exactly():
+    model = _dead_channel_cnn()
+    small, channels = structured_prune_cnn(model, 0.5)
+    assert channels == [2, 2, 4, 4] == cnn_channels(small)
+    x = torch.randn(16, 1, 12, 12)
+    torch.testing.assert_close(small(x), model(x), rtol=0, atol=1e-5)
+    # MACs by hand (one 12x12 image; max pool halves to 6x6): conv = out * in * 9 * pixels, fc = in * 10
+    full = 4 * 1 * 9 * 144 + 4 * 4 * 9 * 144 + 8 * 4 * 9 * 36 + 8 * 8 * 9 * 36 + 8 * 10
+    pruned = 2 * 1 * 9 * 144 + 2 * 2 * 9 * 144 + 4 * 2 * 9 * 36 + 4 * 4 * 9 * 36 + 4 * 10
+    assert (full, pruned) == (57_104, 15_592)
+    assert forward_macs(model, (1, 12, 12)) == full and forward_macs(small, (1, 12, 12)) == pruned
+    # parameters: conv weights + BN (scale, shift) per channel + fc
+    conv_weights = 2 * 9 + 2 * 2 * 9 + 4 * 2 * 9 + 4 * 4 * 9
+    assert models.count_parameters(small) == conv_weights + 2 * (2 + 2 + 4 + 4) + 4 * 10 + 10
+    rebuilt = models.create("cnn", 10, (1, 12, 12), blocks=2, channels=channels)  # what config.yaml describes
+    rebuilt.load_state_dict(small.state_dict())
+    assert torch.equal(rebuilt.layer2[4].running_var, model.layer2[4].running_var[[1, 2, 4, 7]])
+    # iterative: channel counts are fractions of the original (base) ones; the dispatcher names the keyword
+    smaller, shape = structured_prune(small, 0.75, base=[4, 4, 8, 8])
+    assert shape == {"channels": [1, 1, 2, 2]} and cnn_channels(smaller) == [1, 1, 2, 2]
+
+
+def test_structured_pruning_makes_a_cnn_faster(one_thread):
+    torch.manual_seed(0)
+    model = models.create("cnn", 10, (1, 28, 28), width=32, blocks=2).eval()
+    small, channels = structured_prune_cnn(model, 0.75)
+    assert channels == [8, 8, 16, 16]
+    macs, small_macs = forward_macs(model, (1, 28, 28)), forward_macs(small, (1, 28, 28))
+    assert macs == 32 * 9 * 784 + 32 * 32 * 9 * 784 + 64 * 32 * 9 * 196 + 64 * 64 * 9 * 196 + 640 == 18_289_792
+    assert small_macs == 8 * 9 * 784 + 8 * 8 * 9 * 784 + 16 * 8 * 9 * 196 + 16 * 16 * 9 * 196 + 160 == 1_185_568
+    x = torch.randn(32, 1, 28, 28)
+    ratios = [_median_ms(small, x) / _median_ms(model, x) for _ in range(2)]  # two rounds: robust to a busy host
+    assert min(ratios) <= 0.8, ratios
+
+
+def test_fit_model_rejects_a_model_its_config_does_not_describe(tmp_path):
+    model = {"name": "mlp", "kwargs": {"hidden": [8]}}
+    cfg = {"out": str(tmp_path / "run"), "data": {"name": "digits"}, "model": model}
+    with pytest.raises(ConfigError, match=r"body\.0\.0\.bias is \(4,\) in the model, \(8,\) in the config"):
+        fit_model(cfg, models.create("mlp", 10, (64,), hidden=[4]))
+    assert not (tmp_path / "run").exists()
+
+
 def assert_one_line_error(monkeypatch, capsys, args: list[str], fragment: str) -> None:
     """Through the real entry point (in process: a subprocess costs ~10 s of imports on a busy host)."""
     monkeypatch.setattr(sys, "argv", ["kdlab", *args])
@@ -173,6 +241,25 @@ def test_compress_structured_with_kd_from_the_unpruned_model(source_run, tmp_pat
     assert json.loads((out / "summary.json").read_text())["compress"]["after"]["linear_macs"] == 64 * 32 + 32 * 10
 
 
+def test_compress_structured_cnn_channels(tmp_path):
+    source = tmp_path / "cnn"
+    base = {"data": {"name": "digits"}, "train": {**TRAIN, "epochs": 3}}
+    train({**base, "out": str(source), "model": {"name": "cnn", "kwargs": {"width": 8}}})
+    out = tmp_path / "pruned"
+    prune = {"kind": "structured", "sparsity": 0.5}
+    summary = compress({**base, "out": str(out), "compress": {"source": str(source), "prune": prune}})
+    info = summary["compress"]
+    assert info["steps"][-1]["channels"] == [4, 4, 8, 8]
+    # digits are 8x8 (4x4 after the first pool): MACs by hand (each conv has half its inputs and outputs)
+    assert info["before"]["macs"] == 8 * 9 * 64 + 8 * 8 * 9 * 64 + 16 * 8 * 9 * 16 + 16 * 16 * 9 * 16 + 160 == 96_928
+    assert info["after"]["macs"] == 4 * 9 * 64 + 4 * 4 * 9 * 64 + 8 * 4 * 9 * 16 + 8 * 8 * 9 * 16 + 80 == 25_424
+    assert "channels:\n    - 4\n    - 4\n    - 8\n    - 8" in (out / "config.yaml").read_text()
+    assert summary["test_accuracy"] >= 0.85, summary["test_accuracy"]
+    evaluated = evaluate(out, splits=("test",))  # config.yaml describes the smaller cnn
+    assert evaluated["parameters"] == info["after"]["parameters"] == summary["parameters"]
+    assert evaluated["test"]["accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
 def test_compress_unstructured_fine_tune_keeps_exact_sparsity(source_run, tmp_path):
     cfg = {
         "name": "sparse",
@@ -194,14 +281,12 @@ def test_compress_errors_are_one_line(source_run, tmp_path, monkeypatch, capsys)
     path = tmp_path / "cfg.yaml"
     path.write_text(json.dumps({**base, "compress": {"source": str(tmp_path / "nope")}}))
     assert_one_line_error(monkeypatch, capsys, ["compress", str(path)], "is not a finished kdlab run directory")
-    cnn = tmp_path / "cnn"
-    cnn.mkdir()
-    (cnn / "config.yaml").write_text(
-        json.dumps({"data": {"name": "digits"}, "model": {"name": "cnn", "kwargs": {"width": 4}}})
-    )
-    save_file(models.create("cnn", 10, (1, 8, 8), width=4).state_dict(), str(cnn / "model.safetensors"))
-    with pytest.raises(ConfigError, match="supports mlp models only"):  # same ConfigError -> one line via the CLI
-        compress({**base, "compress": {"source": str(cnn), "prune": {"kind": "structured"}}})
+    resnet = tmp_path / "resnet"
+    resnet.mkdir()
+    (resnet / "config.yaml").write_text(json.dumps({"data": {"name": "digits"}, "model": {"name": "resnet8"}}))
+    save_file(models.create("resnet8", 10, (1, 8, 8)).state_dict(), str(resnet / "model.safetensors"))
+    with pytest.raises(ConfigError, match="supports kdlab's mlp and cnn only"):  # ConfigError -> one line via the CLI
+        compress({**base, "compress": {"source": str(resnet), "prune": {"kind": "structured"}}})
     with pytest.raises(ConfigError, match="needs a 'compress' section"):
         compress(base)
     with pytest.raises(ConfigError, match=r"compress\.prune\.sparsity"):

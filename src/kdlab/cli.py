@@ -335,15 +335,16 @@ def compress_command(config: Path = CONFIG, set_: list[str] = SET, overwrite: bo
         console.print(summary_table([summary], f"compressed: {summary['name']}"))
         info = summary["compress"]
         for step in info.get("steps", []):
+            shape = next((key for key in ("hidden", "channels") if key in step), None)
             pruned = (
-                f"hidden {step['hidden']} (units removed: {step['target_sparsity']:.3f})"
-                if "hidden" in step
+                f"{shape} {step[shape]} (units removed: {step['target_sparsity']:.3f})"
+                if shape
                 else f"weight sparsity {step['sparsity']:.3f} (target {step['target_sparsity']:.3f})"
             )
             console.print(
                 f"step {step['step']}: {pruned}, "
                 f"{step['parameters']} parameters, {step['nonzero_parameters']} non-zero, "
-                f"{step['linear_macs']} linear MACs, test acc {step['test_accuracy']:.4f}"
+                f"{step['macs']} MACs, test acc {step['test_accuracy']:.4f}"
             )
         if "before" in info:
             source_acc = info["source_test_accuracy"]

@@ -69,8 +69,15 @@ class ReapplyMasks:
             weight.mul_(mask.to(weight.device))
 
 
-def _unit_scores(linear: nn.Linear, norm: Literal["l1", "l2"]) -> torch.Tensor:
-    return linear.weight.detach().abs().sum(1) if norm == "l1" else linear.weight.detach().norm(dim=1)
+def kept_units(weight: torch.Tensor, base_width: int, sparsity: float, norm: Literal["l1", "l2"]) -> torch.Tensor:
+    """Sorted indices of the output units (Linear rows, conv filters) of largest L1/L2 norm to keep.
+
+    ``max(1, round(base_width · (1 - sparsity)))`` of them, at most the current number.
+    """
+    flat = weight.detach().flatten(1)
+    scores = flat.abs().sum(1) if norm == "l1" else flat.norm(dim=1)
+    k = min(flat.shape[0], max(1, round(base_width * (1.0 - sparsity))))
+    return torch.topk(scores, k).indices.sort().values
 
 
 @torch.no_grad()
@@ -93,11 +100,7 @@ def structured_prune_mlp(
     if len(base) != len(widths):
         raise ValueError(f"base_widths {base} do not match the mlp's {len(widths)} hidden layers")
     dropout = next((m.p for m in model.modules() if isinstance(m, nn.Dropout)), 0.0)
-    keep_sets: list[torch.Tensor] = []
-    for lin, full in zip(linears[:-1], base, strict=True):
-        k = min(lin.out_features, max(1, round(full * (1.0 - sparsity))))
-        keep = torch.topk(_unit_scores(lin, norm), k).indices.sort().values
-        keep_sets.append(keep)
+    keep_sets = [kept_units(lin.weight, full, sparsity, norm) for lin, full in zip(linears[:-1], base, strict=True)]
     new_widths = [len(keep) for keep in keep_sets]
     small = MLP(model.fc.out_features, model.in_shape, hidden=new_widths, dropout=dropout)
     small = small.to(device=model.fc.weight.device, dtype=model.fc.weight.dtype)

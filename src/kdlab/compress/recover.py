@@ -20,13 +20,14 @@ from torch import nn
 
 import kdlab
 from kdlab.config import ConfigError, RunConfig, dump_config, load_config
-from kdlab.engine.run import SUMMARY, _run, build_student, load_data
+from kdlab.engine.run import SUMMARY, build_student, fit_model, load_data
 from kdlab.eval.metrics import classification_metrics
 from kdlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from kdlab.methods import build as build_method
-from kdlab.models import MLP, count_parameters
+from kdlab.models import count_parameters
 
-from .prune import ReapplyMasks, global_magnitude_prune, sparsity_report, step_targets, structured_prune_mlp
+from .channels import forward_macs, structured_prune, structured_widths
+from .prune import ReapplyMasks, global_magnitude_prune, sparsity_report, step_targets
 from .quantize import convert_qat, describe, prepare_qat, ptq_int8, save_quantized
 
 FLOAT_WEIGHTS = "model-float.safetensors"  # a quantized run's float (QAT: fake-quant) weights before conversion
@@ -61,9 +62,10 @@ def compress(config, overrides: list[str] | None = None, *, overwrite: bool = Fa
     p, q = cfg.compress.prune, cfg.compress.quantize
     data = load_data(cfg)
     src_cfg, model = _source_model(cfg, data)
-    if p is not None and p.kind == "structured" and not isinstance(model, MLP):
+    widths = structured_widths(model)
+    if p is not None and p.kind == "structured" and widths is None:
         raise ConfigError(
-            f"compress.prune.kind=structured supports mlp models only, the source is {src_cfg.model.name!r}"
+            f"compress.prune.kind=structured supports kdlab's mlp and cnn only, the source is {src_cfg.model.name!r}"
         )
     method = build_method(cfg.method.name, cfg.method.params(), data.num_classes)
     distilling = cfg.method.name != "ce"
@@ -72,8 +74,7 @@ def compress(config, overrides: list[str] | None = None, *, overwrite: bool = Fa
         teacher = {"run": str(Path(cfg.compress.source))}
     if p is None:  # quantize only
         return quantize_stage(cfg, model, data, src_cfg.model.model_dump(mode="json"), teacher, overwrite=overwrite)
-    before = sparsity_report(model)
-    base_widths = [block[0].out_features for block in model.body] if isinstance(model, MLP) else None
+    before = {**sparsity_report(model), "macs": forward_macs(model, data.in_shape)}
     steps: list[dict[str, Any]] = []
     targets = step_targets(p.sparsity, p.steps, p.schedule)
     summary: dict[str, Any] = {}
@@ -81,8 +82,8 @@ def compress(config, overrides: list[str] | None = None, *, overwrite: bool = Fa
         for k, target in enumerate(targets, start=1):
             model_kwargs = dict(src_cfg.model.kwargs)
             if p.kind == "structured":
-                model, widths = structured_prune_mlp(model.cpu(), target, p.norm, base_widths)
-                model_kwargs["hidden"] = widths
+                model, shape = structured_prune(model.cpu(), target, p.norm, widths[1])
+                model_kwargs.update(shape)
             else:
                 global_magnitude_prune(model.cpu(), target)
             last = k == len(targets) and (q is None or q.mode == "ptq")  # QAT trains once more at `out`
@@ -96,19 +97,12 @@ def compress(config, overrides: list[str] | None = None, *, overwrite: bool = Fa
                 raw["train"]["keep_epoch_checkpoints"], raw["train"]["keep_checkpoints_every"] = [], None
             step_cfg = load_config(raw)
             callbacks = [ReapplyMasks(model)] if p.kind == "unstructured" else None
-            summary = _run(
-                step_cfg,
-                distilling=distilling,
-                resume=False,
-                overwrite=last and overwrite,
-                callbacks=callbacks,
-                student=model,
-            )
+            summary = fit_model(step_cfg, model, overwrite=last and overwrite, callbacks=callbacks)
             model = model.cpu()
-            report = sparsity_report(model)
+            report = {**sparsity_report(model), "macs": forward_macs(model, data.in_shape)}
             entry = {"step": k, "target_sparsity": target, "test_accuracy": summary["test_accuracy"], **report}
             if p.kind == "structured":
-                entry["hidden"] = model_kwargs["hidden"]
+                entry[widths[0]] = model_kwargs[widths[0]]
             steps.append(entry)
     source_summary = Path(cfg.compress.source) / SUMMARY
     source_accuracy = json.loads(source_summary.read_text()).get("test_accuracy") if source_summary.is_file() else None
@@ -121,7 +115,7 @@ def compress(config, overrides: list[str] | None = None, *, overwrite: bool = Fa
                 "source_test_accuracy": source_accuracy,
                 "prune": p.model_dump(mode="json"),
                 "before": before,
-                "after": sparsity_report(model),
+                "after": {key: steps[-1][key] for key in before},
                 "steps": steps,
             },
         }
@@ -165,10 +159,7 @@ def quantize_stage(
     if q.mode == "qat":
         float_model = prepare_qat(model, q.scheme)
         callbacks = [ReapplyMasks(float_model)] if keep_zeros else None
-        distilling = cfg.method.name != "ce"
-        summary = _run(
-            run_cfg, distilling=distilling, resume=False, overwrite=overwrite, callbacks=callbacks, student=float_model
-        )
+        summary = fit_model(run_cfg, float_model, overwrite=overwrite, callbacks=callbacks)
         float_model = float_model.cpu().eval()
         quantized = convert_qat(float_model)
     else:

@@ -2,7 +2,7 @@
 
 from .logit_cache import CacheError
 from .loop import FitResult, Splits, TrainingError, fit
-from .run import cache_logits, distill, evaluate, select_ptloss, train
+from .run import cache_logits, distill, evaluate, fit_model, select_ptloss, train
 
 __all__ = [
     "CacheError",
@@ -13,6 +13,7 @@ __all__ = [
     "distill",
     "evaluate",
     "fit",
+    "fit_model",
     "select_ptloss",
     "train",
 ]

@@ -158,6 +158,8 @@ def _run(
         raise ConfigError("data.augment.mixup_alpha/noise_std change distillation inputs only: use `kdlab distill`")
     data = load_data(cfg)
     method = build_method(method_cfg.name, method_cfg.params(), data.num_classes)
+    if student is not None:
+        _check_describes(cfg, data, student)
     acc = _accelerator(cfg, out)
     teacher, cached, teacher_desc = (None, None, None)
     if distilling and method.needs_teacher:  # before touching `out`: a bad teacher leaves nothing behind
@@ -219,6 +221,18 @@ def _run(
     if acc.trackers:
         acc.end_training()
     return summary
+
+
+def _check_describes(cfg: RunConfig, data, model: nn.Module) -> None:
+    """``cfg.model`` must build ``model``'s shape, or the run directory's config.yaml could not reload its weights."""
+    expected = {k: tuple(v.shape) for k, v in build_student(cfg, data).state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if expected != given:
+        name = next(k for k in sorted(expected.keys() | given.keys()) if expected.get(k) != given.get(k))
+        raise ConfigError(
+            f"the given model does not match model {cfg.model.name!r} with kwargs {cfg.model.kwargs}: {name} is "
+            f"{given.get(name, 'missing')} in the model, {expected.get(name, 'missing')} in the config"
+        )
 
 
 def _select_epsilon(method, teacher, cached, data, acc: Accelerator, cfg: RunConfig):
@@ -300,6 +314,26 @@ def distill(
 
         return run_lm(cfg, distilling=True, resume=resume, overwrite=overwrite, callbacks=callbacks)
     return _run(cfg, distilling=True, resume=resume, overwrite=overwrite, callbacks=callbacks)
+
+
+def fit_model(
+    config,
+    model: nn.Module,
+    overrides: list[str] | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks=None,
+) -> dict:
+    """Train this given ``model`` (e.g. a pruned one) with ``config``, starting from its current weights.
+
+    ``method: ce`` fine-tunes with cross-entropy, any other method distils from ``config.teacher``. ``config.model``
+    must describe ``model`` (same parameter names and shapes: a ``ConfigError`` otherwise) so that the run
+    directory's config.yaml reloads it for ``kdlab evaluate`` and ``teacher.run``. Returns the run's summary.
+    """
+    cfg = load_config(config, overrides)
+    distilling = cfg.method.name != "ce"
+    return _run(cfg, distilling=distilling, resume=resume, overwrite=overwrite, callbacks=callbacks, student=model)
 
 
 def cache_logits(config, overrides: list[str] | None = None) -> Path:

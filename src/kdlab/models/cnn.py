@@ -12,17 +12,27 @@ from .mlp import check_dropout
 from .registry import register
 
 
-def _block(in_ch: int, out_ch: int) -> nn.Sequential:
+def _block(in_ch: int, mid_ch: int, out_ch: int) -> nn.Sequential:
     # ceil_mode keeps a 1x1 map at 1x1, so deep configurations still run on 8x8 inputs.
     return nn.Sequential(
-        conv3x3(in_ch, out_ch),
-        nn.BatchNorm2d(out_ch),
+        conv3x3(in_ch, mid_ch),
+        nn.BatchNorm2d(mid_ch),
         nn.ReLU(),
-        conv3x3(out_ch, out_ch),
+        conv3x3(mid_ch, out_ch),
         nn.BatchNorm2d(out_ch),
         nn.ReLU(),
         nn.MaxPool2d(2, ceil_mode=True),
     )
+
+
+def _conv_widths(width: int, blocks: int, channels: Sequence[int] | None) -> list[int]:
+    """Output channels of the 2·blocks convs: ``channels`` if given, else ``width · 2**i`` twice per block."""
+    if channels is None:
+        return [width * 2**i for i in range(blocks) for _ in range(2)]
+    widths = [int(c) for c in channels]
+    if len(widths) != 2 * blocks or min(widths) < 1:
+        raise ValueError(f"cnn channels must be {2 * blocks} positive ints (2 convs x {blocks} blocks), got {channels}")
+    return widths
 
 
 @register("cnn")
@@ -31,6 +41,7 @@ class SmallCNN(nn.Module):
 
     BN makes it train fast with plain SGD/Adam; global pooling makes the head independent of the image size.
     Stages are ``layer1..layerB``; ``pool`` gives the penultimate ``(N, width * 2**(B-1))`` features.
+    ``channels`` (2·B output channels, one per conv, e.g. after structured pruning) replaces that schedule.
     """
 
     def __init__(
@@ -40,18 +51,20 @@ class SmallCNN(nn.Module):
         width: int = 32,
         blocks: int = 2,
         dropout: float = 0.0,
+        channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        channels, height, width_px = image_shape("cnn", in_shape)
+        in_ch, height, width_px = image_shape("cnn", in_shape)
         if width < 1 or blocks < 1:
             raise ValueError(f"cnn width and blocks must be >= 1, got width={width!r}, blocks={blocks!r}")
         p = check_dropout("cnn", dropout)
-        self.in_shape = (channels, height, width_px)
+        self.in_shape = (in_ch, height, width_px)
         self._stages = tuple(f"layer{i + 1}" for i in range(blocks))
-        previous = channels
+        widths = _conv_widths(width, blocks, channels)
+        previous = in_ch
         for i, name in enumerate(self._stages):
-            self.add_module(name, _block(previous, width * 2**i))
-            previous = width * 2**i
+            self.add_module(name, _block(previous, widths[2 * i], widths[2 * i + 1]))
+            previous = widths[2 * i + 1]
         self.pool = GlobalPool()
         self.dropout = nn.Dropout(p) if p > 0 else nn.Identity()
         self.fc = nn.Linear(previous, num_classes)
