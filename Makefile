@@ -36,6 +36,7 @@ bench-quick: $(STAMP)
 	$(PY) benchmarks/loss_speed.py --quick --vocab 1000 32000 --out benchmarks/results/quick/loss_speed
 	$(PY) benchmarks/engine_overhead.py --quick --out benchmarks/results/quick/engine_overhead
 	$(PY) benchmarks/fidelity_fmnist.py --quick
+	$(PY) benchmarks/peers/run.py --quick
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py
@@ -45,6 +46,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/capacity_gap_fmnist.py
 	$(PY) benchmarks/fidelity_fmnist.py
 	$(PY) benchmarks/lm_loss.py
+	$(PY) benchmarks/peers/run.py
+	$(PY) benchmarks/cost_model.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

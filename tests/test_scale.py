@@ -134,3 +134,39 @@ def test_bf16_teacher_returns_float32_close_to_fp32():
     assert not torch.equal(out, reference)  # bf16 really ran
     torch.testing.assert_close(out, reference, rtol=0.05, atol=0.05)
     assert fast_teacher(teacher) is teacher  # no switch on: the teacher itself
+
+
+def _switch_run(tmp_path, name: str, teacher_extra: dict, train_extra: dict) -> dict:
+    from kdlab import models
+    from kdlab.engine import distill
+    from kdlab.engine.checkpoint import save_weights
+
+    weights = tmp_path / "teacher.safetensors"
+    if not weights.exists():
+        torch.manual_seed(0)
+        save_weights(models.create("cnn", 10, (1, 8, 8), width=4), weights)
+    teacher = {"model": {"name": "cnn", "kwargs": {"width": 4}}, "weights": str(weights), **teacher_extra}
+    return distill(
+        {
+            "out": str(tmp_path / name),
+            "data": {"name": "digits"},
+            "model": {"name": "cnn", "kwargs": {"width": 4}},
+            "teacher": teacher,
+            "method": {"name": "kd"},
+            "train": {"epochs": 1, "batch_size": 64, "progress": False, "train_eval_size": 0, **train_extra},
+        }
+    )
+
+
+def test_config_switches_reach_the_run_and_keep_its_results(tmp_path, one_thread):
+    from kdlab.config import ConfigError, load_config
+
+    plain = _switch_run(tmp_path, "plain", {}, {})
+    fast = _switch_run(tmp_path, "fast", {"channels_last": True}, {"channels_last": True})
+    assert fast["test"]["accuracy"] == plain["test"]["accuracy"]
+    assert fast["test"]["nll"] == pytest.approx(plain["test"]["nll"], abs=1e-4)
+    assert fast["test"]["kl_teacher"] == pytest.approx(plain["test"]["kl_teacher"], abs=1e-4)
+    with pytest.raises(ConfigError, match=r"teacher\.precision"):
+        load_config({"teacher": {"run": "x", "precision": "fp16"}})
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.channel_last'"):
+        load_config({"train": {"channel_last": True}})
