@@ -214,8 +214,30 @@ def write_markdown(result: dict, path: Path) -> None:
     for key, item in acc.items():
         verdict = "met" if item["value"] >= item["target"] else "NOT met"
         lines.append(f"- {key}: {item['value']:.2f} (target ≥ {item['target']}) — {verdict}")
+    lines += ["", *NOTES]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
+
+NOTES = [
+    "Notes:",
+    "",
+    "- Same mathematics: every variant starts from the same weights and draws the same batches; the first "
+    "optimizer steps' losses agree to ~1e-5 (`first_losses` in the JSON). After that the runs drift apart through "
+    "float rounding (BN + SGD at this learning rate amplify 1e-6 differences within tens of steps), so one "
+    "epoch's test accuracy differs by a few points between variants and between repeats alike; compare the "
+    "means ± std, not single runs. kdlab's channels-last and cache rows follow the default row's trajectory "
+    "exactly or nearly so.",
+    "- torchdistill is run as its documentation shows: a `Dataset` (here `TensorDataset` over the same "
+    "in-memory tensors) behind its `DataLoader` builder, which wraps every sample (`BaseDatasetWrapper`) and "
+    "collates 128 rows per step in Python; the teacher under `torch.no_grad`. kdlab and the floor index whole "
+    "batches out of the tensors.",
+    "- The torchdistill venv uses kdlab's own torch 2.13.0+cpu build. PyPI's torchvision 0.28.0 (its release "
+    "for torch 2.13.0) is built against CUDA torch, so its C++ ops cannot load on the CPU build; trial.py "
+    "defines the two op schemas (`nms`, `qnms`) that importing torchvision registers fake kernels for. "
+    "torchdistill's KD path uses no torchvision op.",
+    "- No GPU was available to the session that ran this: CUDA/AMP throughput is not measured here.",
+    "- Where the time goes: benchmarks/results/peers_profile.md.",
+]
 
 PEER_NAMES = {"torch", "torchvision", "torchdistill", "numpy", "scipy"}
 
@@ -227,7 +249,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "peers")
+    parser.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json")
     args = parser.parse_args()
+    if args.render:
+        write_markdown(json.loads(args.out.with_suffix(".json").read_text()), args.out.with_suffix(".md"))
+        return
     repeats = 1 if args.quick else args.repeats
     peer = peer_python()
     info = prepare_work(6_912 if args.quick else args.rows, repeats)
