@@ -1,7 +1,7 @@
 """How kdlab's time per epoch grows with teacher size, student size, data size and processes; when the logit
 cache pays for itself. Measured points + least-squares lines (docs/cost-model.md quotes the results).
 
-    python benchmarks/cost_model.py            # ~5-8 min on 2 cores
+    python benchmarks/cost_model.py            # ~5 min on 2 quiet cores
     python benchmarks/cost_model.py --quick    # fewer points and steps
 
 Fashion-MNIST tensors in memory, CNN teacher and student (widths swept), batch 128, KD (0.1·CE + 0.9·T²·KL,
@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "cost_model")
     args = parser.parse_args()
-    warmup, steps, repeats = (3, 10, 1) if args.quick else (5, 30, 3)
+    warmup, steps, repeats = (3, 10, 1) if args.quick else (5, 20, 3)
     data = load_dataset("fashion_mnist")
     in_shape = (1, 28, 28)
     teacher32 = cnn(32, 0).eval().requires_grad_(False)
@@ -242,10 +242,10 @@ def main() -> None:
         [[1.0] * len(points), [p["teacher_mmacs"] for p in points], [p["student_mmacs"] for p in points]],
         [p["step_ms"] for p in points],
     )
-    row_counts = [3456, 6912, 13824] if args.quick else [6912, 13824, 27648, 54000]
+    row_counts = [1728, 3456, 6912] if args.quick else [3456, 6912, 13824, 27648]
     rows_sweep = []
     for rows in row_counts:
-        seconds = median_of(1 if args.quick else 2, lambda r=rows: epoch_seconds(data, teacher32, 8, r))
+        seconds = epoch_seconds(data, teacher32, 8, rows)
         rows_sweep.append({"rows": rows, "epoch_seconds": seconds})
         print(f"rows {rows}: {seconds:.1f} s/epoch", flush=True)
     intercept, per_row = least_squares(
@@ -267,7 +267,7 @@ def main() -> None:
         "test": predict(teacher32, data.x_test, 10, 1024, acc),
     }
     live_epoch = rows_sweep[-1]["epoch_seconds"]
-    cached_epoch = median_of(1 if args.quick else 2, lambda: epoch_seconds(data, teacher32, 8, cache_rows, cached))
+    cached_epoch = epoch_seconds(data, teacher32, 8, cache_rows, cached)
     saving = live_epoch - cached_epoch
     cache = {
         "rows": cache_rows,
@@ -278,7 +278,7 @@ def main() -> None:
         "break_even_epochs": statistics.median(build_seconds) / saving if saving > 0 else None,
     }
     print(f"cache: build {cache['build_seconds']:.1f} s, epoch live {live_epoch:.1f} s, cached {cached_epoch:.1f} s")
-    procs = processes(data, teacher32, 6912 if args.quick else 27648)
+    procs = processes(data, teacher32, 3456 if args.quick else 13824)
     result = {
         "environment": environment(),
         "load_average": os.getloadavg(),
