@@ -238,6 +238,8 @@ NOTES = [
     "defines the two op schemas (`nms`, `qnms`) that importing torchvision registers fake kernels for. "
     "torchdistill's KD path uses no torchvision op.",
     "- No GPU was available to the session that ran this: CUDA/AMP throughput is not measured here.",
+    "- The cache rows pass the teacher's float32 logits (one pass over the training rows, timed as the cache "
+    "build) to `fit(cached_logits=...)`; `kdlab cache-logits` stores them as float16 on disk.",
     "- Where the time goes (benchmarks/results/peers_profile.md): with the switches off the teacher's forward "
     "pass is ~55% of a step (62 of 112 ms), the student's forward + loss ~19%, its backward ~25%, the optimizer "
     "<1%; 95% of kdlab's step is spent inside PyTorch operators (convolutions 51%, batch norm 26%), so the loop's "
