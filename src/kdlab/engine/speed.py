@@ -1,8 +1,9 @@
 """Speed switches for the teacher's forward pass and the student's step; each one opt-in and measured
 (``benchmarks/results/peers.md``).
 
-- channels-last memory layout (teacher and/or student): the same arithmetic in oneDNN's faster layout for
-  convolutions (results equal to float rounding); no effect on models without 4-D weights.
+- channels-last memory layout (teacher and/or student): the same arithmetic (equal to float rounding) in the
+  layout GPUs' tensor cores and some CPU kernels prefer; slower for the small CNNs of the peer benchmark on
+  a 2-core CPU, so measure before keeping it. No effect on models without 4-D weights.
 - teacher in bfloat16 (autocast): ~2-4x faster convolutions on CPUs with AVX512-BF16/AMX and on GPUs;
   the teacher's logits lose precision (8 mantissa bits), the student's arithmetic does not change.
 - ``torch.compile``: fuses kernels; pays back its compile time (tens of seconds on a small CPU) only over
