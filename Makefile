@@ -37,6 +37,7 @@ bench-quick: $(STAMP)
 	$(PY) benchmarks/engine_overhead.py --quick --out benchmarks/results/quick/engine_overhead
 	$(PY) benchmarks/fidelity_fmnist.py --quick
 	$(PY) benchmarks/compress_fmnist.py --quick
+	$(PY) benchmarks/peers/run.py --quick
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py
@@ -49,6 +50,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/lm_loss.py
 	$(PY) benchmarks/lm_stdlib.py
 	$(PY) benchmarks/compress_fmnist.py
+	$(PY) benchmarks/peers/run.py
+	$(PY) benchmarks/cost_model.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

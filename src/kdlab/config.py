@@ -69,6 +69,10 @@ class TeacherConfig(_Strict):
     model: ModelConfig | None = None
     weights: str | None = None
     checkpoint_epoch: int | None = Field(None, ge=1, description="the run's weights after this epoch (kept)")
+    # speed switches for the live teacher (kdlab.engine.speed; measured in benchmarks/results/peers.md)
+    channels_last: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:
@@ -113,6 +117,9 @@ class TrainConfig(_Strict):
     nan_policy: Literal["stop", "skip"] = "stop"
     cpu: bool = False
     progress: bool = True
+    # speed switches for the student's step (kdlab.engine.speed): channels-last layout, torch.compile
+    channels_last: bool = False
+    compile: bool = False
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
 

@@ -3,6 +3,7 @@
 from .logit_cache import CacheError
 from .loop import FitResult, Splits, TrainingError, fit
 from .run import cache_logits, distill, evaluate, fit_model, select_ptloss, train
+from .speed import fast_student, fast_teacher
 
 __all__ = [
     "CacheError",
@@ -12,6 +13,8 @@ __all__ = [
     "cache_logits",
     "distill",
     "evaluate",
+    "fast_student",
+    "fast_teacher",
     "fit",
     "fit_model",
     "select_ptloss",

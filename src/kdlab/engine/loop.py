@@ -31,6 +31,7 @@ from .checkpoint import Position, latest_checkpoint, load_checkpoint, save_check
 from .metrics_log import MetricsLog
 from .optim import build_optimizer, build_scheduler
 from .predict import predict
+from .speed import fast_student
 
 
 class TrainingError(RuntimeError):
@@ -144,7 +145,8 @@ def fit(
     if micro_steps == 0:
         raise ConfigError(f"train.batch_size={cfg.batch_size} exceeds the {len(data.y_train)} training rows")
     windows = [min(cfg.grad_accum, micro_steps - s) for s in range(0, micro_steps, cfg.grad_accum)]
-    student = acc.prepare(student)  # DDP and device placement; the same Parameter objects as before
+    student = acc.prepare(fast_student(student, channels_last=cfg.channels_last))  # DDP, device; same Parameters
+    step_student = torch.compile(student) if cfg.compile else student
     raw_student = acc.unwrap_model(student)
     optimizer = build_optimizer(raw_student, optimizer_cfg)
     scheduler = build_scheduler(optimizer, len(windows), cfg.epochs, scheduler_cfg)
@@ -223,7 +225,7 @@ def fit(
                 state = StepState(epoch, global_step, cfg.epochs, epoch + step / micro_steps)
                 with contextlib.nullcontext() if sync else acc.no_sync(student):
                     with autocast():
-                        s_logits = student(x)
+                        s_logits = step_student(x)
                     terms = method.compute(batch, s_logits.float(), t_logits, state)
                     loss = sum(terms.values())
                     bad_terms = torch.stack([~v.detach().isfinite().all() for v in terms.values()]).float()

@@ -32,6 +32,7 @@ from kdlab.methods import build as build_method
 from .logit_cache import CacheError, read_cache, write_cache
 from .loop import fit
 from .predict import predict
+from .speed import fast_teacher
 from .teacher import load_teacher, resolve_teacher
 
 SUMMARY = "summary.json"
@@ -164,6 +165,9 @@ def _run(
     teacher, cached, teacher_desc = (None, None, None)
     if distilling and method.needs_teacher:  # before touching `out`: a bad teacher leaves nothing behind
         teacher, cached, teacher_desc = _teacher_and_cache(cfg, data)
+        if teacher is not None:
+            t = cfg.teacher
+            teacher = fast_teacher(teacher, channels_last=t.channels_last, precision=t.precision, compile=t.compile)
     _prepare_out(out, resume, overwrite, acc)
     if acc.is_main_process:
         atomic_write_text(out / "config.yaml", dump_config(cfg))

@@ -44,7 +44,7 @@ def resolve_teacher(cfg: TeacherConfig) -> TeacherSource:
             weights, tag = epoch_weights(run, cfg.checkpoint_epoch, raw), f"-epoch{cfg.checkpoint_epoch}"
         directory = run
     else:
-        model_cfg, weights, raw = cfg.model, Path(cfg.weights), None
+        model_cfg, weights, raw, tag = cfg.model, Path(cfg.weights), None, ""
         directory = weights.parent
     if not weights.is_file():
         hint = " (was the teacher run finished, and that epoch kept?)" if cfg.run else ""

@@ -1,0 +1,178 @@
+"""One timed distillation epoch of one variant, in a fresh process; prints one JSON line (run.py starts it).
+
+    python trial.py VARIANT --work DIR --seed N [--flags JSON]
+
+VARIANT: ``floor`` (a minimal hand-written loop), ``torchdistill`` (its DistillationBox, run in the
+torchdistill environment), ``kdlab`` (``kdlab.engine.fit`` with a live teacher; ``--flags`` sets its speed
+switches) or ``kdlab-cache`` (``fit`` with cached teacher logits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parents[1] / "src")]
+
+import torch  # noqa: E402
+from common import ALPHA, BATCH, BETA, LR, MOMENTUM, WEIGHT_DECAY, Clock, T, epoch_generator, sgd  # noqa: E402
+
+
+def floor(data, teacher, student, seed: int, clock: Clock) -> None:
+    """The shortest correct KD loop: in-memory batches, teacher under inference_mode, loss.item() per step."""
+    from common import kd_objective
+
+    clock.start()
+    optimizer = sgd(student)
+    x_all, y_all = data["x_train"], data["y_train"]
+    perm = torch.randperm(len(y_all), generator=epoch_generator(seed, 0))
+    student.train()
+    for step in range(len(y_all) // BATCH):
+        idx = perm[step * BATCH : (step + 1) * BATCH]
+        x, y = x_all[idx], y_all[idx]
+        with torch.inference_mode():
+            t_logits = teacher(x)
+        loss = kd_objective(student(x), t_logits.clone(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        clock.step(loss.item())
+
+
+def _torchvision_on_cpu_torch() -> None:
+    """PyPI's torchvision wheel is built against CUDA torch; on the CPU build of the same torch its C++ ops
+    (nms, roi_align, ...) cannot load. torchdistill's classification KD uses none of them, but importing
+    torchvision registers fake kernels for nms/qnms, which needs the two schemas: define them (never run)."""
+    import torch.library
+
+    try:
+        torch.ops.torchvision.nms  # noqa: B018
+    except (AttributeError, RuntimeError):
+        lib = torch.library.Library("torchvision", "DEF")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor qdets, Tensor qscores, float iou_threshold) -> Tensor")
+        _torchvision_on_cpu_torch.lib = lib  # keep the definitions alive
+
+
+def torchdistill(data, teacher, student, seed: int, clock: Clock) -> None:
+    """torchdistill's own API: a DistillationBox from a config (the YAML's dict form) and its example's loop."""
+    _torchvision_on_cpu_torch()
+    from torch.utils.data import RandomSampler, TensorDataset
+    from torchdistill.core.distillation import get_distillation_box
+
+    clock.start()
+    dataset = TensorDataset(data["x_train"], data["y_train"])
+    train_config = {
+        "num_epochs": 1,
+        "train_data_loader": {
+            "dataset_id": "train",
+            "sampler": {"class_or_func": RandomSampler, "kwargs": {"generator": epoch_generator(seed, 0)}},
+            "kwargs": {"batch_size": BATCH, "num_workers": 0, "drop_last": True},
+        },
+        "teacher": {"forward_proc": "forward_batch_only", "requires_grad": False},
+        "student": {"forward_proc": "forward_batch_only", "requires_grad": True},
+        "optimizer": {
+            "key": "SGD",
+            "kwargs": {"lr": LR, "momentum": MOMENTUM, "nesterov": True, "weight_decay": WEIGHT_DECAY},
+        },
+        "criterion": {
+            "key": "WeightedSumLoss",
+            "kwargs": {
+                "sub_terms": {
+                    "kd": {
+                        "criterion": {
+                            "key": "KDLoss",
+                            "kwargs": {
+                                "student_module_path": ".",
+                                "student_module_io": "output",
+                                "teacher_module_path": ".",
+                                "teacher_module_io": "output",
+                                "temperature": T,
+                                "alpha": ALPHA,
+                                "reduction": "batchmean",
+                            },
+                        },
+                        "weight": 1.0,
+                    }
+                }
+            },
+        },
+    }
+    box = get_distillation_box(teacher, student, {"train": dataset}, train_config, torch.device("cpu"), None, False, 1)
+    box.pre_epoch_process(epoch=0)
+    for sample_batch, targets, supp_dict in box.train_data_loader:
+        loss = box.forward_process(sample_batch, targets, supp_dict)
+        box.post_forward_process(loss=loss)
+        clock.step(loss.item())
+    box.post_epoch_process()
+
+
+def kdlab(data, teacher, student, seed: int, clock: Clock, flags: dict, cached: dict | None = None) -> None:
+    """kdlab's library entry point: ``fit`` with the kd method (the same alpha, T) and the speed switches."""
+    from kdlab.config import OptimizerConfig, SchedulerConfig, TrainConfig
+    from kdlab.engine import Splits, fast_teacher, fit
+    from kdlab.methods import build
+
+    clock.start()  # after the imports, as for torchdistill: the training call's own set-up is timed
+    train_flags = {k: flags[k] for k in ("channels_last", "compile") if k in flags}
+    teacher_flags = {k[len("teacher_") :]: v for k, v in flags.items() if k.startswith("teacher_")}
+    cfg = TrainConfig(
+        epochs=1, batch_size=BATCH, progress=False, log_every_steps=10**9, train_eval_size=0, cpu=True, **train_flags
+    )
+    method = build("kd", {"alpha": ALPHA, "beta": BETA, "temperature": T}, 10)
+    x, y = data["x_train"], data["y_train"]
+    splits = Splits(x, y, data["x_test"][:1000], data["y_test"][:1000], data["x_test"], data["y_test"], 10)
+    with tempfile.TemporaryDirectory() as out:
+        fit(
+            student,
+            splits,
+            method,
+            cfg,
+            OptimizerConfig(lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY),
+            SchedulerConfig(name="constant"),
+            out_dir=Path(out),
+            seed=seed,
+            teacher=None if cached else fast_teacher(teacher, **teacher_flags),
+            cached_logits=cached,
+            callbacks=[lambda info: clock.step(sum(info.terms.values()))],
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("variant", choices=["floor", "torchdistill", "kdlab", "kdlab-cache"])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flags", default="{}")
+    args = parser.parse_args()
+    from common import load_models, load_work, peak_rss_mib, test_metrics
+
+    torch.manual_seed(args.seed)
+    data = load_work(args.work)
+    teacher, student = load_models(args.work, args.seed)
+    clock = Clock(BATCH)
+    wall = time.perf_counter()
+    if args.variant == "floor":
+        floor(data, teacher, student, args.seed, clock)
+    elif args.variant == "torchdistill":
+        torchdistill(data, teacher, student, args.seed, clock)
+    else:
+        cached = torch.load(args.work / "logits.pt") if args.variant == "kdlab-cache" else None
+        kdlab(data, teacher, student, args.seed, clock, json.loads(args.flags), cached)
+    result = {"variant": args.variant, "seed": args.seed, "flags": json.loads(args.flags), **clock.result()}
+    result["call_seconds"] = time.perf_counter() - wall  # + the library's own evaluation (kdlab: val and test)
+    result.update(test_metrics(student, teacher, data["x_test"], data["y_test"]))
+    result["peak_rss_mib"] = peak_rss_mib()  # after the test evaluation (batches of 1000), in every variant
+    result["torch_threads"] = torch.get_num_threads()
+    result["pid"] = os.getpid()
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
