@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/fidelity_fmnist.py
 	$(PY) benchmarks/lm_loss.py
 	$(PY) benchmarks/lm_stdlib.py
+	$(PY) benchmarks/lm_stdlib.py --study strong
+	$(PY) benchmarks/lm_sparse_gap.py --work runs/lm_stdlib-strong
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
