@@ -36,6 +36,7 @@ bench-quick: $(STAMP)
 	$(PY) benchmarks/loss_speed.py --quick --vocab 1000 32000 --out benchmarks/results/quick/loss_speed
 	$(PY) benchmarks/engine_overhead.py --quick --out benchmarks/results/quick/engine_overhead
 	$(PY) benchmarks/fidelity_fmnist.py --quick
+	$(PY) benchmarks/lm_stdlib.py --study strong --quick
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py

@@ -267,11 +267,11 @@ def main() -> None:
         }
         table[row]["method"] = summaries[0]["method"]
         table[row]["wall_seconds"] = mean_std([s["wall_seconds"] for s in summaries])
-    main_table = table if args.study == "main" else json.loads(out.with_name("lm_stdlib.json").read_text())["table"]
     gaps = {}
     for row, dense in DENSE_OF.items():
-        if row in table:
-            d = (table if dense in table else main_table)[dense]["perplexity"]["mean"]
+        if row in table:  # a dense row this study did not run comes from the main study's results
+            dense_table = table if dense in table else json.loads(out.with_name("lm_stdlib.json").read_text())["table"]
+            d = dense_table[dense]["perplexity"]["mean"]
             gaps[f"{row} vs {dense}"] = (table[row]["perplexity"]["mean"] - d) / d
     result = {
         "environment": {**environment(), "transformers": teacher_summary["versions"]["transformers"]},
