@@ -38,6 +38,7 @@ bench-quick: $(STAMP)
 	$(PY) benchmarks/fidelity_fmnist.py --quick
 	$(PY) benchmarks/compress_fmnist.py --quick
 	$(PY) benchmarks/peers/run.py --quick
+	$(PY) benchmarks/lm_stdlib.py --study strong --quick
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py
@@ -49,6 +50,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/fidelity_fmnist.py
 	$(PY) benchmarks/lm_loss.py
 	$(PY) benchmarks/lm_stdlib.py
+	$(PY) benchmarks/lm_stdlib.py --study strong
+	$(PY) benchmarks/lm_sparse_gap.py --work runs/lm_stdlib-strong
 	$(PY) benchmarks/compress_fmnist.py
 	$(PY) benchmarks/peers/run.py
 	$(PY) benchmarks/cost_model.py

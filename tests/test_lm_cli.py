@@ -281,3 +281,37 @@ def test_stdlib_prefix_and_jsonl_errors(tmp_path):
         read_documents([bad])
     with pytest.raises(DataError, match=r"data\.val: no file matches"):
         resolve_files("val", str(tmp_path / "*.txt"))
+
+
+def test_distilling_from_a_k_equal_vocabulary_cache_trains_the_live_teachers_student(corpus, teacher_run, one_thread):
+    """Issue 11: *training* from the cache (k = V, float16 values) gives the student of the live teacher.
+
+    Same seed, same batches: the only difference is the float16 rounding of the stored (row-shifted) logits,
+    so after an epoch of KD the two students' weights and test perplexities agree closely.
+    """
+    from safetensors.torch import load_file
+
+    from kdlab.engine import cache_logits, distill
+
+    cache_dir = corpus / "kV"
+    cache_logits(
+        config(corpus, "kV-cache", teacher={"run": str(teacher_run)}, cache={"topk": 256, "path": str(cache_dir)})
+    )
+    summaries, weights = {}, {}
+    for name, cache in (
+        ("live", {"use": "never"}),
+        ("cached", {"use": "require", "topk": 256, "path": str(cache_dir)}),
+    ):
+        path = config(
+            corpus,
+            f"kV-{name}",
+            teacher={"run": str(teacher_run)},
+            method={"name": "kd", "temperature": 1.0},
+            cache=cache,
+            train={"epochs": 1},
+        )
+        summaries[name] = distill(path)
+        weights[name] = load_file(str(corpus / f"kV-{name}" / "model.safetensors"))
+    assert summaries["cached"]["test"]["perplexity"] == pytest.approx(summaries["live"]["test"]["perplexity"], rel=1e-4)
+    for key in weights["live"]:
+        torch.testing.assert_close(weights["cached"][key], weights["live"][key], rtol=0, atol=1e-3)
