@@ -48,7 +48,7 @@ from .lm_teacher import (
     resolve_lm_teacher,
     teacher_directory,
 )
-from .loop import TrainingError, _progress
+from .loop import _progress, terms_are_finite
 from .metrics_log import MetricsLog
 from .optim import build_optimizer, build_scheduler
 from .sparse_logit_cache import SparseLogitCache, write_sparse_cache
@@ -311,12 +311,9 @@ def _fit_lm(model, data: TextSplits, objective: LMObjective, teacher, cfg: RunCo
                         hidden = net(ids)[:, :-1]
                     terms = objective(hidden, raw.head_weight, t_input, ids[:, 1:], num_items)
                     loss = sum(terms.values()) * world  # DDP averages gradients over processes
-                    if not bool(torch.isfinite(loss.detach())):
-                        if tc.nan_policy == "stop":
-                            raise TrainingError(
-                                f"loss term {next(iter(terms))!r} is not finite at epoch {epoch + 1}, step {step + 1} "
-                                f"(optimizer step {global_step}); lower the learning rate or set train.nan_policy=skip"
-                            )
+                    if not terms_are_finite(
+                        terms, acc, tc.nan_policy, f"epoch {epoch + 1}, step {step + 1} (optimizer step {global_step})"
+                    ):
                         optimizer.zero_grad(set_to_none=True)
                         continue
                     loss.backward()

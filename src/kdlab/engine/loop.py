@@ -115,6 +115,23 @@ def evaluate_split(
     return classification_metrics(logits, y, teacher_logits)
 
 
+def terms_are_finite(terms: dict[str, Tensor], acc: Accelerator, nan_policy: str, where: str) -> bool:
+    """Whether every loss term is finite on every process (all take the same decision, or DDP would hang);
+    with ``nan_policy == "stop"`` a non-finite term raises ``TrainingError`` naming it instead."""
+    bad_terms = torch.stack([~v.detach().isfinite().all() for v in terms.values()]).float()
+    if acc.num_processes > 1:
+        bad_terms = acc.reduce(bad_terms, "sum")
+    finite = bad_terms == 0
+    if bool(finite.all()):
+        return True
+    bad = next(name for name, ok in zip(terms, finite.tolist(), strict=True) if not ok)
+    if nan_policy == "stop":
+        raise TrainingError(
+            f"loss term {bad!r} is not finite at {where}; lower the learning rate or set train.nan_policy=skip"
+        )
+    return False
+
+
 def fit(
     student: nn.Module,
     data: Splits,
@@ -228,17 +245,9 @@ def fit(
                         s_logits = step_student(x)
                     terms = method.compute(batch, s_logits.float(), t_logits, state)
                     loss = sum(terms.values())
-                    bad_terms = torch.stack([~v.detach().isfinite().all() for v in terms.values()]).float()
-                    if world > 1:  # every process must take the same decision
-                        bad_terms = acc.reduce(bad_terms, "sum")
-                    finite = bad_terms == 0
-                    if not bool(finite.all()):
-                        bad = next(name for name, ok in zip(terms, finite.tolist(), strict=True) if not ok)
-                        if cfg.nan_policy == "stop":
-                            raise TrainingError(
-                                f"loss term {bad!r} is not finite at epoch {epoch + 1}, step {step + 1} "
-                                f"(optimizer step {global_step}); lower the learning rate or set train.nan_policy=skip"
-                            )
+                    if not terms_are_finite(
+                        terms, acc, cfg.nan_policy, f"epoch {epoch + 1}, step {step + 1} (optimizer step {global_step})"
+                    ):
                         optimizer.zero_grad(set_to_none=True)
                         continue
                     (loss / window if scaler is None else scaler.scale(loss / window)).backward()
