@@ -68,6 +68,8 @@ WORKER = textwrap.dedent("""
             "metrics": classification_metrics(logits, y_test, teacher_logits),
             "weights": [p.detach().flatten().tolist() for p in student.parameters()],
         }))
+    if torch.distributed.is_initialized():  # before exit, or gloo's threads may abort the process
+        torch.distributed.destroy_process_group()
 """)
 
 

@@ -400,6 +400,20 @@ def main() -> None:
     except (ValueError, FileNotFoundError, TrainingError) as err:
         Console(stderr=True, width=console.width).print(f"[bold red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Under torchrun the process group must be destroyed before the interpreter exits: otherwise gloo's
+    worker threads can outlive it and the process aborts ("terminate called without an active exception")
+    after a run that succeeded."""
+    if "torch" not in sys.modules:  # `kdlab --version` and friends never imported torch
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
