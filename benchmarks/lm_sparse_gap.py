@@ -1,13 +1,13 @@
 """Where the top-64 student loses perplexity: test tokens whose target is inside vs outside the teacher's top k.
 
-    python benchmarks/lm_sparse_gap.py --work runs/lm_stdlib-strong   # after lm_stdlib.py --study strong
+    python benchmarks/lm_sparse_gap.py --work runs/lm_stdlib-strong   # after lm_stdlib.py --study strong, tail-strong
 
-Reads the finished run directories of ``benchmarks/lm_stdlib.py`` (teacher, ``kd-seed*`` and
-``kd_sparse64-seed*``, and the ``+ce`` pairs when present) and, on the test split, splits each student's
-next-token NLL into the tokens whose target is among the teacher's top k and those outside it. Reported per
-student row (mean over seeds): the fraction of tokens in each group, the mean NLL per group, each group's
-contribution to log-perplexity (sum of NLL over the group / all tokens), and the student's own probability mass
-outside the teacher's top k (the sparse teacher only constrains that mass as one "rest" bucket).
+Reads the finished run directories of ``benchmarks/lm_stdlib.py`` (teacher, ``kd-seed*``, ``kd_sparse64-seed*`` and
+``kd_sparse64_tail16-seed*`` (``--study tail-strong``), and the ``+ce`` rows when present) and, on the test split,
+splits each student's next-token NLL into the tokens whose target is among the teacher's top k and those outside
+it. Reported per student row (mean over seeds): the fraction of tokens in each group, the mean NLL per group, each
+group's contribution to log-perplexity (sum of NLL over the group / all tokens), and the student's own probability
+mass outside the teacher's top k (the sparse teacher only constrains that mass as one "rest" bucket).
 
 Also checks that float16 storage of the top-k values is not the cause: the sparse KD loss (KL over the k + 1
 buckets) of each student computed with float16 and float32 top-k values of the same teacher logits.
@@ -34,7 +34,8 @@ from kdlab.losses.sparse_teacher import sparse_teacher_from_logits, student_buck
 from kdlab.models.hf import load_pretrained
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PAIRS = [("kd", "kd_sparse64"), ("kd+ce", "kd_sparse64+ce")]
+# dense, rest bucket only, rest bucket + 16 tail samples (lm_stdlib.py --study tail-strong); rows not run are skipped
+ROWS = ["kd", "kd_sparse64", "kd_sparse64_tail16", "kd+ce", "kd_sparse64+ce", "kd_sparse64_tail16+ce"]
 
 
 @torch.no_grad()
@@ -80,31 +81,30 @@ def analyse(work: Path, k: int, seeds: int) -> dict:
         },
         "rows": {},
     }
-    for pair in PAIRS:
-        for row in pair:
-            per_seed = []
-            for seed in range(seeds):
-                run = work / f"{row}-seed{seed}"
-                if not (run / "config.json").is_file():
-                    continue
-                s_logits = logits_of(load_pretrained(run), test)
-                s_logp = torch.log_softmax(s_logits, -1)
-                nll = -s_logp.gather(-1, targets[:, None]).squeeze(-1)
-                per_seed.append(
-                    {
-                        "perplexity": math.exp(float(nll.mean())),
-                        "nll_inside": float(nll[inside].mean()),
-                        "nll_outside": float(nll[~inside].mean()),
-                        "log_ppl_from_inside": float(nll[inside].sum()) / n,
-                        "log_ppl_from_outside": float(nll[~inside].sum()) / n,
-                        "student_mass_outside_teacher_top_k": float((1 - s_logp.gather(-1, top).exp().sum(-1)).mean()),
-                        "sparse_kd_loss_fp16_values": bucket_kl(t_logits, s_logits, k, torch.float16),
-                        "sparse_kd_loss_fp32_values": bucket_kl(t_logits, s_logits, k, torch.float32),
-                    }
-                )
-            if per_seed:
-                result["rows"][row] = {key: statistics.fmean(s[key] for s in per_seed) for key in per_seed[0]}
-                result["rows"][row]["seeds"] = len(per_seed)
+    for row in ROWS:
+        per_seed = []
+        for seed in range(seeds):
+            run = work / f"{row}-seed{seed}"
+            if not (run / "config.json").is_file():
+                continue
+            s_logits = logits_of(load_pretrained(run), test)
+            s_logp = torch.log_softmax(s_logits, -1)
+            nll = -s_logp.gather(-1, targets[:, None]).squeeze(-1)
+            per_seed.append(
+                {
+                    "perplexity": math.exp(float(nll.mean())),
+                    "nll_inside": float(nll[inside].mean()),
+                    "nll_outside": float(nll[~inside].mean()),
+                    "log_ppl_from_inside": float(nll[inside].sum()) / n,
+                    "log_ppl_from_outside": float(nll[~inside].sum()) / n,
+                    "student_mass_outside_teacher_top_k": float((1 - s_logp.gather(-1, top).exp().sum(-1)).mean()),
+                    "sparse_kd_loss_fp16_values": bucket_kl(t_logits, s_logits, k, torch.float16),
+                    "sparse_kd_loss_fp32_values": bucket_kl(t_logits, s_logits, k, torch.float32),
+                }
+            )
+        if per_seed:
+            result["rows"][row] = {key: statistics.fmean(s[key] for s in per_seed) for key in per_seed[0]}
+            result["rows"][row]["seeds"] = len(per_seed)
     return result
 
 

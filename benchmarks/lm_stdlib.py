@@ -4,6 +4,11 @@
     python benchmarks/lm_stdlib.py --quick     # a smoke run: fewer tokens, 1 seed (results/quick/)
     python benchmarks/lm_stdlib.py --study sparse   # + KD+CE, top-64+CE and top-256 rows (same teacher)
     python benchmarks/lm_stdlib.py --study strong   # a stronger teacher (1 epoch on ~0.8 M tokens), dense vs top-64
+    python benchmarks/lm_stdlib.py --study tail     # top-64 + 16 tail samples per token (unbiased KD), vs dense
+    python benchmarks/lm_stdlib.py --study tail-strong   # the same with the stronger teacher
+    python benchmarks/lm_stdlib.py --study tail-draws    # strong teacher, 64 draws (392 bytes): is the rest variance?
+    python benchmarks/lm_stdlib.py --study budget        # strong teacher, 296 bytes as top-48 + 48 or top-32 + 80 draws
+    python benchmarks/lm_stdlib.py --study budget-weak   # the same with the main study's teacher
 
 Why this corpus: no model or data set can be downloaded here, and the standard library's ``*.py`` sources are
 on every machine with Python (``sysconfig.get_paths()["stdlib"]``), real code written by many people, with a
@@ -41,13 +46,13 @@ from _env import environment
 from kdlab.config import dump_config, load_config
 from kdlab.data.text import load_tokenizer, read_documents, train_bpe
 from kdlab.engine import cache_logits, distill, train
-from kdlab.engine.lm import describe_cache
+from kdlab.engine.lm import TAIL_SAMPLES, describe_cache
 from kdlab.engine.sparse_logit_cache import SparseLogitCache
 from kdlab.io import atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXCLUDED = {"site-packages", "test", "tests", "idle_test"}
-ROWS = {  # name: (method, k of the sparse cache it trains from, or None for the live teacher)
+ROWS = {  # name: (method, k of the sparse cache it trains from or None for the live teacher[, tail samples used])
     "sft": ({"name": "ce"}, None),
     "kd": ({"name": "kd", "temperature": 1.0}, None),
     # the proxy solve costs ~10 ms per token and candidate at 2048 classes on this CPU: 16 x 256, once (seed 0)
@@ -60,15 +65,48 @@ ROWS = {  # name: (method, k of the sparse cache it trains from, or None for the
     "kd+ce": ({"name": "kd", "temperature": 1.0, "alpha": 0.5}, None),
     "kd_sparse64+ce": ({"name": "kd", "temperature": 1.0, "alpha": 0.5}, 64),
     "kd_sparse256": ({"name": "kd", "temperature": 1.0}, 256),
+    # --study tail / tail-strong: the top-64 cache plus 16 classes drawn per token from the teacher's tail
+    "kd_sparse64_tail16": ({"name": "kd", "temperature": 1.0}, 64, 16),
+    "kd_sparse64_tail16+ce": ({"name": "kd", "temperature": 1.0, "alpha": 0.5}, 64, 16),
+    # --study tail-draws (strong teacher): is the remaining KD gap the variance of 16 draws? 64 draws (over budget)
+    "kd_sparse64_tail64": ({"name": "kd", "temperature": 1.0}, 64, 64),
+    # --study budget (strong teacher): the same 296 bytes per token spent on fewer top classes and more draws
+    "kd_sparse48_tail48": ({"name": "kd", "temperature": 1.0}, 48, 48),
+    "kd_sparse32_tail80": ({"name": "kd", "temperature": 1.0}, 32, 80),
 }
 STUDIES = {
-    "main": ["sft", "kd", "ptloss", "kd_sparse64"],
+    "main": ["sft", "kd", "ptloss", "kd_sparse64", "kd_sparse64_tail16"],
     "sparse": ["kd+ce", "kd_sparse64+ce", "kd_sparse256"],
     # --study strong: the same students, but the teacher trained on ~8x more tokens (issue 11: does a teacher
     # that leaves less mass outside its top 64 close the sparse-vs-dense gap?)
     "strong": ["kd", "kd_sparse64", "kd+ce", "kd_sparse64+ce"],
+    "tail": ["kd_sparse64_tail16", "kd_sparse64_tail16+ce"],  # dense rows: the main and sparse studies'
+    "tail-strong": ["kd_sparse64_tail16", "kd_sparse64_tail16+ce"],  # the strong teacher; dense rows: strong's
+    "tail-draws": ["kd_sparse64_tail64"],
+    "budget": ["kd_sparse48_tail48", "kd_sparse32_tail80"],
+    "budget-weak": ["kd_sparse48_tail48", "kd_sparse32_tail80"],  # the same with the main study's teacher
 }
-DENSE_OF = {"kd_sparse64": "kd", "kd_sparse64+ce": "kd+ce", "kd_sparse256": "kd"}
+DENSE_OF = {
+    "kd_sparse64": "kd",
+    "kd_sparse64+ce": "kd+ce",
+    "kd_sparse256": "kd",
+    "kd_sparse64_tail16": "kd",
+    "kd_sparse64_tail16+ce": "kd+ce",
+    "kd_sparse64_tail64": "kd",
+    "kd_sparse48_tail48": "kd",
+    "kd_sparse32_tail80": "kd",
+}
+DENSE_RESULTS = ("lm_stdlib.json", "lm_stdlib_sparse.json")  # where a study finds the dense rows it did not run
+
+
+def cache_key(row: str) -> tuple[int, int] | None:
+    """(k, tail samples) of the cache a row trains from; rest-bucket rows read the default cache without samples."""
+    _, k, *tail = ROWS[row]
+    return None if k is None else (k, tail[0] if tail and tail[0] else TAIL_SAMPLES)
+
+
+def cache_name(k: int, draws: int) -> str:
+    return f"teacher-cache-k{k}" + ("" if draws == TAIL_SAMPLES else f"-s{draws}")
 
 
 def stdlib_files() -> list[Path]:
@@ -140,7 +178,7 @@ def main() -> None:
         help="sparse: the extra sparse rows; strong: a teacher trained on more tokens (its own work directory)",
     )
     args = parser.parse_args()
-    strong = args.study == "strong"
+    strong = args.study in ("strong", "tail-strong", "tail-draws", "budget")
     if args.teacher_epochs is None:
         args.teacher_epochs = 1 if strong else 3
     if args.teacher_train_tokens is None:
@@ -215,26 +253,25 @@ def main() -> None:
         teacher_summary = train(teacher_cfg, overwrite=True)
     print(f"teacher: test perplexity {teacher_summary['test']['perplexity']:.3f}", flush=True)
     caches = {}
-    for k in sorted({ROWS[row][1] for row in STUDIES[args.study]} - {None}):
-        cache_dir = work / f"teacher-cache-k{k}"
+    for k, draws in sorted({cache_key(row) for row in STUDIES[args.study]} - {None}):
+        cache_dir = work / cache_name(k, draws)
         cache_start = time.perf_counter()
-        if not (cache_dir / "test").is_dir():  # a distillation run re-checks its fingerprint (tokenizer, data, teacher)
-            cache_logits(
-                config(
-                    "cache", 2, 64, 1, 0, teacher={"run": str(teacher_dir)}, cache={"topk": k, "path": str(cache_dir)}
-                )
-            )
+        # a distillation run re-checks its fingerprint (tokenizer, data, teacher); a cache made before tail samples
+        # existed is made again (the same top-k rows plus the samples; the bucket rows read it without them)
+        if not (cache_dir / "test").is_dir() or SparseLogitCache(cache_dir / "train").stored_tail_samples != draws:
+            cache = {"topk": k, "tail_samples": draws, "path": str(cache_dir)}
+            cache_logits(config("cache", 2, 64, 1, 0, teacher={"run": str(teacher_dir)}, cache=cache))
         rest = SparseLogitCache(cache_dir / "test").read().log_rest.exp()
-        caches[k] = {
+        caches[cache_name(k, draws)] = {
             "description": describe_cache(cache_dir),
             "seconds": time.perf_counter() - cache_start,
             "test_rest_mass_mean": float(rest.mean()),
         }
-        print(f"cache k={k}: {caches[k]['description']}, mean rest mass {caches[k]['test_rest_mass_mean']:.3f}")
+        print(f"cache {cache_dir.name}: {describe_cache(cache_dir)}, mean rest mass {float(rest.mean()):.3f}")
     runs: dict[str, list[dict]] = {row: [] for row in STUDIES[args.study]}
     for seed in range(args.seeds):
         for row in runs:
-            method, k = ROWS[row]
+            method, k, *tail = ROWS[row]
             extra = {"teacher": {"run": str(teacher_dir)}, "method": method}
             if row == "ptloss" and seed > 0:  # the selection depends on teacher and val tokens only: reuse seed 0's
                 extra["method"] = {
@@ -243,7 +280,8 @@ def main() -> None:
                     "epsilon": runs["ptloss"][0]["selection"]["epsilon"],
                 }
             if k is not None:
-                extra["cache"] = {"use": "require", "path": str(work / f"teacher-cache-k{k}"), "topk": k}
+                path = str(work / cache_name(*cache_key(row)))
+                extra["cache"] = {"use": "require", "path": path, "topk": k, "tail_samples": tail[0] if tail else 0}
             else:
                 extra["cache"] = {"use": "never"}
             summary = distill(config(f"{row}-seed{seed}", 2, 64, 1, seed, **extra), overwrite=True)
@@ -267,12 +305,28 @@ def main() -> None:
         }
         table[row]["method"] = summaries[0]["method"]
         table[row]["wall_seconds"] = mean_std([s["wall_seconds"] for s in summaries])
-    gaps = {}
+    gaps, paired = {}, {}
     for row, dense in DENSE_OF.items():
-        if row in table:  # a dense row this study did not run comes from the main study's results
-            dense_table = table if dense in table else json.loads(out.with_name("lm_stdlib.json").read_text())["table"]
+        if row in table:  # a dense row this study did not run comes from an earlier study's results
+            dense_table, dense_runs, source = table, runs, "this study"
+            if dense not in table:
+                sources = ("lm_stdlib_strong.json",) if strong else DENSE_RESULTS
+                found = [(name, json.loads(out.with_name(name).read_text())) for name in sources]
+                source, earlier = next((name, r) for name, r in found if dense in r["table"])
+                dense_table, dense_runs = earlier["table"], earlier["runs"]
             d = dense_table[dense]["perplexity"]["mean"]
             gaps[f"{row} vs {dense}"] = (table[row]["perplexity"]["mean"] - d) / d
+            by_seed = {r["seed"]: r["test"]["perplexity"] for r in dense_runs[dense]}
+            per_seed = [
+                (s["test"]["perplexity"] - by_seed[s["seed"]]) / by_seed[s["seed"]]
+                for s in runs[row]
+                if s["seed"] in by_seed
+            ]
+            paired[f"{row} vs {dense}"] = {
+                "dense": dense_table[dense]["perplexity"],
+                "source": source,
+                "per_seed": per_seed,
+            }
     result = {
         "environment": {**environment(), "transformers": teacher_summary["versions"]["transformers"]},
         "load_avg_1min_end": round(os.getloadavg()[0], 2),
@@ -298,6 +352,7 @@ def main() -> None:
         "caches": caches,
         "table": table,
         "sparse_vs_dense_perplexity_gap": gaps,
+        "sparse_vs_dense_paired": paired,  # the same seed (initialisation, batch order) with either teacher
         "ptloss_selection": [s.get("selection") for s in runs.get("ptloss", [])],
         "runs": {
             row: [{k: s[k] for k in ("method", "seed", "test", "val", "wall_seconds")} for s in v]
@@ -344,9 +399,9 @@ def markdown(r: dict) -> str:
         f"{r['student_parameters']:,} parameters, 1 epoch, AdamW 3e-3 cosine, batch 16 blocks; {seeds} seeds "
         "(initialisation and batch order); last-epoch test numbers, mean ± std.  ",
         *(
-            f"Sparse cache k = {k}: {c['description']}; mean teacher mass outside the top k on test tokens "
+            f"Sparse cache `{name}`: {c['description']}; mean teacher mass outside the top k on test tokens "
             f"{c['test_rest_mass_mean']:.3f}.  "
-            for k, c in r["caches"].items()
+            for name, c in r["caches"].items()
         ),
         "",
         "| student | method | test perplexity | token accuracy | top-1 agreement with teacher | seconds |",
@@ -366,8 +421,17 @@ def markdown(r: dict) -> str:
             f"with seed 0, and reused): [{eps}] (candidate {sel[0]['index']}; candidate 0 is plain KD).  "
         )
     for name, gap in r["sparse_vs_dense_perplexity_gap"].items():
+        pair = r.get("sparse_vs_dense_paired", {}).get(name)
+        detail = ""
+        if pair:
+            seeds = ", ".join(f"{x * 100:+.2f}" for x in pair["per_seed"])
+            detail = (
+                f" Dense {cell(pair['dense'], 3)} ({pair['source']}); per seed, same initialisation and batch "
+                f"order: {seeds} %."
+            )
         lines.append(
-            f"Sparse vs dense, test perplexity, {name}: {gap * 100:+.2f} % relative (acceptance at k = 64: 1 %).  "
+            f"Sparse vs dense, test perplexity, {name}: {gap * 100:+.2f} % relative (acceptance at k = 64: 1 %)."
+            f"{detail}  "
         )
     lines.append("")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ CASES = [
     ("ptloss", [0.7]),
     ("ptloss", EPS5),
     ("ptloss", torch.linspace(-0.3, 0.3, V * 3).reshape(V, 3)),  # per-class epsilon
+    ("ptloss", torch.linspace(-0.3, 0.3, V).reshape(V, 1)),  # per-class, M = 1: a (C,) coefficient, not a number
     ("reverse_kl", None),
     ("jsd", None),
 ]

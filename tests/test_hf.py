@@ -137,6 +137,26 @@ def test_sparse_cache_with_k_equal_to_vocabulary_gives_the_dense_loss(models, tm
         distillation_loss(student, SparseLogitCache(tmp_path / "full"), {"input_ids": batch["input_ids"]}, "kd")
 
 
+def test_the_teacher_fingerprint_covers_the_weights(tmp_path):
+    """Same architecture, other weights: another teacher, whose cache is refused."""
+    from kdlab.engine.logit_cache import CacheError
+    from kdlab.hf.cache import data_fingerprint, teacher_fingerprint
+
+    a, b = tiny_llama(16, seed=3), tiny_llama(16, seed=4)
+    assert teacher_fingerprint(a) == teacher_fingerprint(tiny_llama(16, seed=3))
+    assert teacher_fingerprint(a) != teacher_fingerprint(b)
+    with torch.no_grad():
+        b.load_state_dict(a.state_dict())
+        assert teacher_fingerprint(a) == teacher_fingerprint(b)
+        b.model.norm.weight[0] += 1e-3  # one weight changed
+    assert teacher_fingerprint(a) != teacher_fingerprint(b)
+    data = sequences(2, seed=9)
+    write_teacher_cache(a, data, tmp_path / "c", k=4, tail_samples=2)
+    expected = {"data": data_fingerprint(data), "teacher": teacher_fingerprint(b)}
+    with pytest.raises(CacheError, match="made for other teacher"):
+        SparseLogitCache(tmp_path / "c", expected_fingerprint=expected)
+
+
 def test_callable_teacher_gives_dense_logits(models):
     student, teacher = models
     batch = CausalLMCollator()([{"input_ids": s} for s in sequences(3, seed=6)])

@@ -152,7 +152,11 @@ def test_cache_round_trip_equals_the_live_teacher(corpus, teacher_run, one_threa
     cfg = load_config(cfg_path)
     data = load_text(str(corpus / "train-*"), str(corpus / "val.txt"), str(corpus / "test.txt"), "bytes", BLOCK)
     live = LiveTeacher(teacher_run, torch.device("cpu"))
-    cached = CachedTeacher(cache_dir, cache_fingerprints(data, teacher_run), BLOCK - 1, torch.device("cpu"))
+    prints = cache_fingerprints(data, teacher_run)
+    cached = CachedTeacher(cache_dir, prints, BLOCK - 1, torch.device("cpu"))
+    assert cached.tail_samples == 16  # the default draws; with k = V they carry no weight (no tail)
+    # tail samples are draws at T = 1: a T = 2 run reads the cache without them
+    buckets_only = CachedTeacher(cache_dir, prints, BLOCK - 1, torch.device("cpu"), use_tail_samples=False)
     assert len(SparseLogitCache(cache_dir / "train")) == data.train.shape[0] * (BLOCK - 1)
     index = torch.tensor([3, 0, 7, 5])
     ids = data.train[index]
@@ -165,7 +169,8 @@ def test_cache_round_trip_equals_the_live_teacher(corpus, teacher_run, one_threa
     stored = t_logits - t_logits.amax(-1, keepdim=True)  # what the cache holds: shifted, float16
     for method in ({"name": "kd", "temperature": 2.0}, {"name": "ptloss", "epsilon": [0.2, -0.1]}):
         objective = build_objective(load_config({**cfg.model_dump(mode="json"), "method": method}), distilling=True)
-        from_cache = objective(hidden, weight, cached.train_input(index, ids), ids[:, 1:], 1000)
+        teacher = buckets_only if method.get("temperature", 1.0) != 1.0 else cached
+        from_cache = objective(hidden, weight, teacher.train_input(index, ids), ids[:, 1:], 1000)
         from_live = objective(hidden, weight, live.train_input(index, ids), ids[:, 1:], 1000)
         rounded = objective(hidden, weight, stored.half().float(), ids[:, 1:], 1000)
         (value,) = from_cache.values()
@@ -180,11 +185,12 @@ def test_bytes_per_token_at_k64(corpus, teacher_run, one_thread, capsys, monkeyp
     code, out, err = cli(["cache-logits", str(cfg)], capsys, monkeypatch)
     assert code == 0, err
     # by hand: 64 float16 values (128 B) + 64 int16 low index halves (128 B, no high bits below 65,536 classes)
-    # + one float32 log_rest (4 B) = 260 bytes of tensor data per token; headers and index.json come on top
+    # + one float32 log_rest (4 B) + 16 int16 tail samples (32 B) + one float32 tail entropy (4 B) = 296 bytes of
+    # tensor data per token; headers and index.json come on top
     train = SparseLogitCache(corpus / "c64" / "train")
-    assert train.payload_bytes_per_token == 260.0
-    assert 260 < train.bytes_per_token < 300
-    assert "260.0 of tensor data" in out.replace("\n", " ")
+    assert train.payload_bytes_per_token == 296.0
+    assert 296 < train.bytes_per_token < 300
+    assert "296.0 of tensor data" in out.replace("\n", " ")
     # a PTLoss student from the cache: epsilon chosen on the k + 1 buckets of validation tokens, agreement from
     # the cached top-1
     args = ["--set", "method.name=ptloss", "--set", "method.candidates=4", "--set", "method.selection_tokens=64"]
@@ -198,6 +204,21 @@ def test_bytes_per_token_at_k64(corpus, teacher_run, one_thread, capsys, monkeyp
     assert len(selection["candidates"]) == 4 and len(selection["epsilon"]) == 5
     chosen = [round(x, 4) for x in selection["epsilon"]]
     assert summary["method"] == f"ptloss(alpha=0.0, beta=1.0, T=1.0, eps={chosen})"
+    assert summary["teacher"].startswith("cached top-64 logits + 16 tail samples")
+    # select-ptloss alone makes the very selection the run made (same teacher, tokens and candidates)
+    code, out, err = cli(["select-ptloss", str(cfg), *args, "--output", str(corpus / "sel")], capsys, monkeypatch)
+    assert code == 0, err
+    alone = json.loads((corpus / "sel" / "ptloss_selection.json").read_text())
+    assert alone["epsilon"] == selection["epsilon"] and alone["chosen_index"] == selection["chosen_index"]
+    # JSD is not an expectation under the teacher: the same cache without its samples, said in one warning line
+    jsd = ["--set", "method.name=jsd", "--set", f"out={corpus / 'k64-jsd'}"]
+    code, out, err = cli(
+        ["distill", str(cfg), "--set", "cache.use=require", "--set", "train.epochs=1", *jsd], capsys, monkeypatch
+    )
+    assert code == 0, err
+    assert "warning: the logit cache's tail samples serve kd and ptloss at temperature 1" in " ".join(err.split())
+    teacher = json.loads((corpus / "k64-jsd" / "summary.json").read_text())["teacher"]
+    assert teacher.startswith("cached top-64 logits") and "tail samples" not in teacher
 
 
 def test_user_errors_are_one_line(corpus, teacher_run, capsys, monkeypatch):

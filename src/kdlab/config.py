@@ -143,6 +143,10 @@ class CacheConfig(_Strict):
     use: Literal["auto", "never", "require"] = "auto"
     path: str | None = None
     topk: int | None = Field(None, ge=1)
+    # causal_lm caches: classes drawn per token from the teacher's tail (outside the top k), default 16; they make
+    # the KD/PTLoss loss an unbiased estimate of the dense one (kdlab.losses.sparse_teacher). 0 = none drawn by
+    # cache-logits, none used by distill (the rest-bucket loss)
+    tail_samples: int | None = Field(None, ge=0)
 
 
 class TrackingConfig(_Strict):
@@ -199,6 +203,12 @@ class RunConfig(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     compress: CompressConfig | None = None
 
+    @model_validator(mode="after")
+    def _tail_samples_are_for_language_models(self) -> RunConfig:
+        if self.cache.tail_samples is not None and self.task != "causal_lm":
+            raise ValueError("cache.tail_samples is for task: causal_lm only")
+        return self
+
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
@@ -234,7 +244,8 @@ def _format_error(err: ValidationError) -> str:
     got = first.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"config: {where}: {first['msg']}{shown}{more}"
+    message = first["msg"].removeprefix("Value error, ")  # a validator's own sentence
+    return f"config: {message}{shown}{more}" if where == "config" else f"config: {where}: {message}{shown}{more}"
 
 
 def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None) -> RunConfig:

@@ -54,6 +54,7 @@ from .optim import build_optimizer, build_scheduler
 from .sparse_logit_cache import SparseLogitCache, write_sparse_cache
 
 DIVERGENCES = ("kd", "ptloss", "reverse_kl", "jsd")
+TAIL_SAMPLES = 16  # default draws per token from the teacher's tail (cache.tail_samples); 2 · 16 + 4 bytes
 EVAL_LOGITS = 1 << 24  # logits per evaluation batch (64 MB of float32)
 
 
@@ -167,6 +168,20 @@ def select_epsilon(p: LMMethodParams, teacher, val: Tensor):
     method = build_method("ptloss", {"epsilon": "auto", **{k: getattr(p, k) for k in keys}}, logits.shape[-1])
     selection = method.select(logits, labels)
     return selection.epsilon.float(), selection
+
+
+def select_ptloss_lm(cfg: RunConfig, output: Path | None) -> tuple[Any, Path]:
+    """``kdlab select-ptloss`` for ``task: causal_lm``: the proxy-teacher selection a ptloss run would make."""
+    from .run import _new_accelerator, _use_cpu, write_selection
+
+    objective = build_objective(cfg, distilling=True)
+    data = load_lm_data(cfg)
+    acc = _new_accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
+    teacher = resolve_lm_teacher(cfg, data, None, acc.device)
+    _, selection = select_epsilon(objective.params, teacher, data.val)
+    out = output or Path(f"{cfg.out}-ptloss-selection")
+    write_selection(out, selection, acc)
+    return selection, out
 
 
 # ---- evaluation ----
@@ -395,6 +410,7 @@ def cache_logits_lm(cfg: RunConfig) -> Path:
     data = load_lm_data(cfg)
     directory = teacher_directory(cfg)
     k = cfg.cache.topk or 64
+    s = TAIL_SAMPLES if cfg.cache.tail_samples is None else cfg.cache.tail_samples
     acc = _new_accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
     teacher = LiveTeacher(directory, acc.device)
     vocab = vocab_size(teacher.net.model)
@@ -413,8 +429,11 @@ def cache_logits_lm(cfg: RunConfig) -> Path:
     try:
         for split in SPLITS:
             blocks = data.split(split)
+            draws = torch.Generator().manual_seed(SPLITS.index(split))  # the same cache from the same teacher
             parts = (
-                sparse_teacher_from_logits(teacher.logits(blocks[i : i + batch].to(acc.device)).cpu(), k)
+                sparse_teacher_from_logits(
+                    teacher.logits(blocks[i : i + batch].to(acc.device)).cpu(), k, tail_samples=s, generator=draws
+                )
                 for i in range(0, len(blocks), batch)
             )
             write_sparse_cache(tmp / split, parts, vocab_size=vocab, fingerprint=prints[split])
@@ -433,7 +452,8 @@ def describe_cache(path: Path) -> str:
     rows = sum(len(c) for c in caches)
     size = sum(c.bytes_per_token * len(c) for c in caches)
     payload = sum(c.payload_bytes_per_token * len(c) for c in caches)
+    tail = f" + {caches[0].stored_tail_samples} tail samples" if caches[0].stored_tail_samples else ""
     return (
-        f"top-{caches[0].k} of {caches[0].vocab_size} per token, {rows:,} tokens, "
+        f"top-{caches[0].k} of {caches[0].vocab_size}{tail} per token, {rows:,} tokens, "
         f"{size / rows:.1f} bytes/token on disk ({payload / rows:.1f} of tensor data)"
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from kdlab.config import ConfigError, RunConfig
 from kdlab.data.text import TextSplits
-from kdlab.losses.sparse_teacher import SparseTeacher, teacher_bucket_logits
+from kdlab.losses.sparse_teacher import SparseTeacher, tail_samples_serve, teacher_bucket_logits
 from kdlab.models.hf import HiddenStates, is_model_dir, load_pretrained, weights_digest
 
 from .logit_cache import CacheError
@@ -50,30 +51,36 @@ class LiveTeacher:
 class CachedTeacher:
     """The k top logits per token from a cache directory (one sparse cache per split), held in memory."""
 
-    def __init__(self, directory: Path, expected: dict[str, dict[str, str]], targets: int, device: torch.device):
+    def __init__(
+        self,
+        directory: Path,
+        expected: dict[str, dict[str, str]],
+        targets: int,
+        device: torch.device,
+        use_tail_samples: bool = True,
+    ):
         self.directory = directory
         self.targets = targets  # targets per block
         self.parts: dict[str, SparseTeacher] = {}
         for split in SPLITS:
-            cache = SparseLogitCache(directory / split, expected[split])
+            cache = SparseLogitCache(directory / split, expected[split], use_tail_samples)
             chunks = [cache.read(s, min(s + (1 << 16), len(cache))) for s in range(0, len(cache), 1 << 16)]
-            self.parts[split] = SparseTeacher(
-                torch.cat([c.values for c in chunks]).to(device),
-                torch.cat([c.indices.int() for c in chunks]).to(device),  # int32 in memory, widened per chunk
-                torch.cat([c.log_rest for c in chunks]).to(device),
-            )
+            # int32 indices in memory, widened per chunk by the loss
+            narrow = [c.map(lambda t: t.int() if not t.is_floating_point() else t) for c in chunks]
+            self.parts[split] = SparseTeacher.cat(narrow).to(device)
             self.k = cache.k
-        self.description = f"cached top-{self.k} logits {directory}"
+        self.tail_samples = cache.tail_samples
+        self.stored_tail_samples = cache.stored_tail_samples
+        tail = f" + {self.tail_samples} tail samples" if self.tail_samples else ""
+        self.description = f"cached top-{self.k} logits{tail} {directory}"
 
     def _rows(self, split: str, blocks: Tensor) -> SparseTeacher:
         part = self.parts[split]
         rows = (blocks.unsqueeze(-1) * self.targets + torch.arange(self.targets, device=blocks.device)).flatten()
         if int(rows.max()) >= part.values.shape[0]:
             raise CacheError(f"logit cache {self.directory} has fewer {split} rows than the data; re-create it")
-        shape = (*blocks.shape, self.targets, self.k)
-        return SparseTeacher(
-            part.values[rows].reshape(shape), part.indices[rows].reshape(shape), part.log_rest[rows].reshape(shape[:-1])
-        )
+        lead = (*blocks.shape, self.targets)
+        return part.rows(rows).map(lambda t: t.reshape(*lead, *t.shape[1:]))
 
     def train_input(self, index: Tensor, ids: Tensor) -> SparseTeacher:
         return self._rows("train", index)
@@ -86,7 +93,7 @@ class CachedTeacher:
         """Teacher bucket log-probabilities (k + 1) and the bucket of each next token (k = the rest)."""
         blocks = math.ceil(tokens / self.targets)
         part = self._rows("val", torch.arange(blocks, device=self.parts["val"].values.device))
-        flat = SparseTeacher(*(x.cpu() for x in (part.values, part.indices, part.log_rest))).flat()
+        flat = part.without_tail_samples().to(torch.device("cpu")).flat()  # the proxy sees the k + 1 buckets
         logits = teacher_bucket_logits(flat.values.double(), flat.log_rest.double(), 1.0)[:tokens]
         targets = val[:blocks, 1:].flatten()[:tokens]
         hit = flat.indices[:tokens].long() == targets.unsqueeze(-1)
@@ -118,11 +125,16 @@ def cache_directory(cfg: RunConfig, teacher_dir: Path, data: TextSplits, k: int)
     return teacher_dir / f"lm-logits-{data.fingerprints['train'][:12]}-k{k}"
 
 
-def check_teacher_fits(teacher_dir: Path, student_vocab: int, data: TextSplits) -> None:
-    """Teacher and student must share the tokenizer: a different vocabulary or tokenizer is one clear error."""
+def check_teacher_fits(teacher_dir: Path, student_vocab: int | None, data: TextSplits) -> None:
+    """Teacher and student must share the tokenizer: a different vocabulary or tokenizer is one clear error.
+    ``student_vocab`` None (no student, e.g. select-ptloss): the tokenizer must fit in the teacher's vocabulary."""
     config = json.loads((teacher_dir / "config.json").read_text())
     teacher_vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
-    if teacher_vocab is not None and int(teacher_vocab) != student_vocab:
+    if student_vocab is None and teacher_vocab is not None and data.vocab_size > int(teacher_vocab):
+        raise ConfigError(
+            f"the tokenizer has {data.vocab_size} tokens but the teacher in {teacher_dir} only {teacher_vocab}"
+        )
+    if student_vocab is not None and teacher_vocab is not None and int(teacher_vocab) != student_vocab:
         raise ConfigError(
             f"vocabulary mismatch: the teacher in {teacher_dir} has {teacher_vocab} tokens, the student "
             f"{student_vocab}; teacher and student must share a tokenizer"
@@ -137,7 +149,7 @@ def check_teacher_fits(teacher_dir: Path, student_vocab: int, data: TextSplits) 
             )
 
 
-def resolve_lm_teacher(cfg: RunConfig, data: TextSplits, student_vocab: int, device: torch.device):
+def resolve_lm_teacher(cfg: RunConfig, data: TextSplits, student_vocab: int | None, device: torch.device):
     """The cache when ``cache.use`` asks for it (require) or allows it and it exists (auto), else the live model."""
     directory = teacher_directory(cfg)
     check_teacher_fits(directory, student_vocab, data)
@@ -146,5 +158,14 @@ def resolve_lm_teacher(cfg: RunConfig, data: TextSplits, student_vocab: int, dev
     if cfg.cache.use == "require" and not (cache / "train").is_dir():
         raise CacheError(f"no logit cache at {cache}; run `kdlab cache-logits CONFIG` first")
     if cfg.cache.use != "never" and (cache / "train").is_dir():
-        return CachedTeacher(cache, cache_fingerprints(data, directory), cfg.data.block_size - 1, device)
+        temperature = float(cfg.method.params().get("temperature", 1.0))
+        use = tail_samples_serve(cfg.method.name, temperature) and cfg.cache.tail_samples != 0
+        teacher = CachedTeacher(cache, cache_fingerprints(data, directory), cfg.data.block_size - 1, device, use)
+        if teacher.stored_tail_samples and not use and cfg.cache.tail_samples != 0:
+            warnings.warn(
+                f"the logit cache's tail samples serve kd and ptloss at temperature 1; this run "
+                f"({cfg.method.name}, T={temperature:g}) uses its top {teacher.k} and one rest bucket only",
+                stacklevel=2,
+            )
+        return teacher
     return LiveTeacher(directory, device)

@@ -271,6 +271,10 @@ def select_ptloss(config, overrides: list[str] | None = None, output: str | Path
         raise ConfigError(f"select-ptloss needs method.name: ptloss, got {cfg.method.name!r}")
     if cfg.teacher is None:
         raise ConfigError("select-ptloss needs a 'teacher' section")
+    if cfg.task == "causal_lm":
+        from .lm import select_ptloss_lm
+
+        return select_ptloss_lm(cfg, Path(output) if output else None)
     params = {**cfg.method.params(), "epsilon": "auto"}
     data = load_data(cfg)
     method = build_method("ptloss", params, data.num_classes)

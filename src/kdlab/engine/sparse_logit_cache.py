@@ -6,6 +6,10 @@ A cache is a directory::
     shard-00000-of-00003.safetensors    values (rows, k) float16, indices_lo (rows, k) int16,
                                         [indices_hi (rows, b, ceil(k/8)) uint8], log_rest (rows,) float32
 
+With tail samples (``SparseTeacher.tail_samples``, s per token) a shard also holds ``tail_lo`` (rows, s) int16,
+[``tail_hi``] packed like the indices, and ``tail_entropy`` (rows,) float32: 2s + 4 more bytes per token
+below 65,536 classes (s = 16: 296 bytes per token at k = 64).
+
 Class indices are split into their low 16 bits (int16, two's complement of the uint16) and b = bit length of
 (vocab_size − 1) >> 16 high bit planes, each packed 8 per byte: at k = 64 and a 128k vocabulary that is
 2 + 2 + 1/8 bytes per class plus 4 for ``log_rest``, 268 bytes per token (260 below 65,536 classes).
@@ -85,18 +89,20 @@ def write_sparse_cache(
     tmp.mkdir(parents=True)
     shards: list[tuple[str, int]] = []
     buffer: list[SparseTeacher] = []
-    k = None
+    k = samples = None
 
     def flush(rows: list[SparseTeacher]) -> None:
-        part = SparseTeacher(
-            *(torch.cat(xs) for xs in zip(*((r.values, r.indices, r.log_rest) for r in rows), strict=True))
-        )
+        part = SparseTeacher.cat(rows)
         name = f"shard-{len(shards):05d}.safetensors"
         tensors = {
             "values": _shifted(part.values).to(torch.float16).cpu().contiguous(),
             "log_rest": part.log_rest.to(torch.float32).cpu().contiguous(),
             **{key: t.contiguous() for key, t in encode_indices(part.indices.cpu(), vocab_size).items()},
         }
+        if part.has_tail_samples:
+            packed = encode_indices(part.tail_samples.cpu(), vocab_size)
+            tensors |= {key.replace("indices", "tail"): t.contiguous() for key, t in packed.items()}
+            tensors["tail_entropy"] = part.tail_entropy.to(torch.float32).cpu().contiguous()
         save_file(tensors, str(tmp / name), metadata={"format": FORMAT, **_fp_meta(fingerprint)})
         shards.append((name, part.values.shape[0]))
 
@@ -105,10 +111,11 @@ def write_sparse_cache(
         for part in [parts] if isinstance(parts, SparseTeacher) else parts:
             part = part.flat()
             part.check_vocab(vocab_size)
+            shape = (part.k, part.tail_samples.shape[-1] if part.has_tail_samples else 0)
             if k is None:
-                k = part.k
-            elif part.k != k:
-                raise ValueError(f"all parts must have the same k, got {k} and {part.k}")
+                k, samples = shape
+            elif shape != (k, samples):
+                raise ValueError(f"all parts must have the same k and tail samples, got {(k, samples)} and {shape}")
             start = 0
             while start < part.values.shape[0]:
                 take = min(rows_per_shard - pending, part.values.shape[0] - start)
@@ -130,6 +137,7 @@ def write_sparse_cache(
         index = {
             "format": FORMAT,
             "k": k,
+            "tail_samples": samples,
             "vocab_size": vocab_size,
             "rows": sum(s["rows"] for s in names),
             "fingerprint": dict(fingerprint),
@@ -151,9 +159,15 @@ def write_sparse_cache(
 
 
 class SparseLogitCache:
-    """Reader of a sparse cache directory: ``len(cache)`` token rows, ``cache.read(start, stop)``."""
+    """Reader of a sparse cache directory: ``len(cache)`` token rows, ``cache.read(start, stop)``.
 
-    def __init__(self, directory: str | Path, expected_fingerprint: dict[str, str] | None = None) -> None:
+    ``use_tail_samples=False`` reads a cache that holds tail samples without them (the rest-bucket loss, e.g.
+    for a temperature other than 1); ``tail_samples`` is then 0 and ``stored_tail_samples`` what is on disk.
+    """
+
+    def __init__(
+        self, directory: str | Path, expected_fingerprint: dict[str, str] | None = None, use_tail_samples: bool = True
+    ) -> None:
         self.directory = Path(directory)
         try:
             index = json.loads((self.directory / INDEX).read_text())
@@ -162,6 +176,8 @@ class SparseLogitCache:
         if index.get("format") != FORMAT:
             raise CacheError(f"{self.directory}: unknown cache format {index.get('format')!r} (expected {FORMAT})")
         self.k: int = int(index["k"])
+        self.stored_tail_samples: int = int(index.get("tail_samples") or 0)  # per token; 0 = none
+        self.tail_samples: int = self.stored_tail_samples if use_tail_samples else 0  # what ``read`` returns
         self.vocab_size: int = int(index["vocab_size"])
         self.fingerprint: dict[str, str] = dict(index["fingerprint"])
         self.shards: list[tuple[Path, int]] = [(self.directory / s["file"], int(s["rows"])) for s in index["shards"]]
@@ -185,7 +201,8 @@ class SparseLogitCache:
 
     @property
     def payload_bytes_per_token(self) -> float:
-        """Bytes of tensor data per token row, without the safetensors headers: 2k + 2k + b·ceil(k/8) + 4."""
+        """Bytes of tensor data per token row, without the safetensors headers: 2k + 2k + b·ceil(k/8) + 4, plus
+        2s + b·ceil(s/8) + 4 with s tail samples."""
         total = 0
         for path, _ in self.shards:
             with open(path, "rb") as handle:
@@ -205,12 +222,11 @@ class SparseLogitCache:
                 parts.append(self._read_shard(path, lo, hi))
             offset += rows
         if not parts:
-            return SparseTeacher(
-                torch.zeros(0, self.k, dtype=torch.float16), torch.zeros(0, self.k, dtype=torch.long), torch.zeros(0)
-            )
-        return SparseTeacher(
-            *(torch.cat(xs) for xs in zip(*((p.values, p.indices, p.log_rest) for p in parts), strict=True))
-        )
+            s = self.tail_samples
+            tail = (torch.zeros(0, s, dtype=torch.long), torch.zeros(0)) if s else ()
+            empty = torch.zeros(0, self.k)
+            return SparseTeacher(empty.half(), empty.long(), torch.zeros(0), *tail)
+        return SparseTeacher.cat(parts)
 
     def _read_shard(self, path: Path, lo: int, hi: int) -> SparseTeacher:
         try:
@@ -224,13 +240,18 @@ class SparseLogitCache:
                 low = handle.get_slice("indices_lo")[lo:hi]
                 high = handle.get_slice("indices_hi")[lo:hi] if "indices_hi" in handle.keys() else None  # noqa: SIM118
                 log_rest = handle.get_slice("log_rest")[lo:hi]
+                tail = ()
+                if self.tail_samples:
+                    tail_high = handle.get_slice("tail_hi")[lo:hi] if "tail_hi" in handle.keys() else None  # noqa: SIM118
+                    samples = decode_indices(handle.get_slice("tail_lo")[lo:hi], tail_high, self.tail_samples)
+                    tail = (samples.long(), handle.get_slice("tail_entropy")[lo:hi])
         except (SafetensorError, OSError) as err:
             raise CacheError(f"logit cache shard {path} is unreadable: {err}") from None
-        return SparseTeacher(values, decode_indices(low, high, self.k).long(), log_rest)
+        return SparseTeacher(values, decode_indices(low, high, self.k).long(), log_rest, *tail)
 
 
 def _slice(part: SparseTeacher, start: int, stop: int) -> SparseTeacher:
-    return SparseTeacher(part.values[start:stop], part.indices[start:stop], part.log_rest[start:stop])
+    return part.rows(slice(start, stop))
 
 
 def _shifted(values: Tensor) -> Tensor:

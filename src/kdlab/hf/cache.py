@@ -4,8 +4,8 @@ Layout (on top of ``kdlab.engine.sparse_logit_cache``): examples are stored in d
 *real* token of each example (attention mask 1), the teacher's prediction at that position. Example i's
 rows start at ``cache_offset`` = the sum of the lengths of examples 0..i-1 (``cache_offsets``); each batch
 carries that number in a ``cache_offset`` column, so any shuffling, padding or sharding across processes
-still finds the right rows. The fingerprint records the token ids and the teacher's config, so a cache
-made for other data or another teacher is refused by ``SparseLogitCache(dir, expected_fingerprint=...)``.
+still finds the right rows. The fingerprint records the token ids and the teacher's config and weights, so
+a cache made for other data or another teacher is refused by ``SparseLogitCache(dir, expected_fingerprint=...)``.
 """
 
 from __future__ import annotations
@@ -40,10 +40,18 @@ def data_fingerprint(sequences: Sequence[Sequence[int]]) -> str:
     return digest.hexdigest()
 
 
+@torch.no_grad()
 def teacher_fingerprint(teacher: nn.Module) -> str:
+    """sha256 of the teacher's config and every weight (names, dtypes, shapes, bytes): the same architecture with
+    other weights is another teacher, whose cache must not be reused."""
     config = getattr(teacher, "config", None)
     text = config.to_json_string() if hasattr(config, "to_json_string") else type(teacher).__name__
-    return hashlib.sha256(text.encode()).hexdigest()
+    digest = hashlib.sha256(text.encode())
+    for name, tensor in sorted(teacher.state_dict().items()):
+        flat = tensor.detach().reshape(-1).cpu().contiguous()
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
 
 
 def write_teacher_cache(
@@ -52,14 +60,20 @@ def write_teacher_cache(
     directory: str | Path,
     *,
     k: int = 64,
+    tail_samples: int = 16,
     batch_size: int = 8,
     fingerprint: dict[str, str] | None = None,
     overwrite: bool = False,
+    seed: int = 0,
 ) -> list[int]:
     """Run ``teacher`` once over token-id ``sequences``; store the top-k logits of every token; return the offsets.
 
+    ``tail_samples`` classes per token are drawn from the teacher's tail (outside the top k; systematic
+    sampling seeded by ``seed``) so that KD/PTLoss from the cache are unbiased estimates of the dense losses
+    (``kdlab.losses.sparse_teacher``); 0 stores the top k and the rest mass only.
     The returned list is each example's ``cache_offset`` (add it to the dataset as a column). The default
-    fingerprint is ``{"data": sha256 of the token ids, "teacher": sha256 of the teacher's config}``.
+    fingerprint is ``{"data": sha256 of the token ids, "teacher": teacher_fingerprint(teacher)}`` (config and
+    weights).
     """
     from .loss import hidden_states, output_head, prepare_teacher  # loss imports this module
 
@@ -70,6 +84,8 @@ def write_teacher_cache(
     device = head.weight.device
     prepare_teacher(teacher, device)
     fp = fingerprint or {"data": data_fingerprint(sequences), "teacher": teacher_fingerprint(teacher)}
+
+    draws = torch.Generator().manual_seed(seed)
 
     def parts() -> Iterator[SparseTeacher]:
         for start in range(0, len(sequences), batch_size):
@@ -86,7 +102,7 @@ def write_teacher_cache(
                 )
                 for row, seq in enumerate(batch):
                     logits = hidden[row, : len(seq)] @ head.weight.to(hidden.dtype).t()
-                    yield sparse_teacher_from_logits(logits, k).to(torch.device("cpu"))
+                    yield sparse_teacher_from_logits(logits.cpu(), k, tail_samples=tail_samples, generator=draws)
 
     write_sparse_cache(directory, parts(), vocab_size=head.weight.shape[0], fingerprint=fp, overwrite=overwrite)
     return cache_offsets([len(seq) for seq in sequences])
@@ -105,18 +121,23 @@ def sparse_teacher_for_batch(
     starts = [int(x) for x in (offsets.tolist() if isinstance(offsets, Tensor) else offsets)]
     if len(starts) != batch:
         raise ValueError(f"{len(starts)} cache offsets for a batch of {batch} examples")
-    k = cache.k
+    k, s = cache.k, cache.tail_samples
     values = torch.zeros(batch, width, k, dtype=torch.float16)
     indices = torch.arange(k, dtype=torch.long).expand(batch, width, k).clone()
-    # filler rows (padding, never a target): uniform over k classes that hold all the mass
+    # filler rows (padding, never a target): uniform over k classes that hold all the mass (no tail: r = 0)
     log_rest = torch.full((batch, width), float("-inf"), dtype=torch.float32)
+    samples = torch.zeros(batch, width, s, dtype=torch.long)
+    entropy = torch.zeros(batch, width, dtype=torch.float32)
     for b, start in enumerate(starts):
         positions = mask[b].nonzero().squeeze(1)
         rows = cache.read(start, start + positions.numel())
         values[b, positions] = rows.values.to(values.dtype)
         indices[b, positions] = rows.indices
         log_rest[b, positions] = rows.log_rest.float()
-    return SparseTeacher(values, indices, log_rest)
+        if s:
+            samples[b, positions] = rows.tail_samples
+            entropy[b, positions] = rows.tail_entropy.float()
+    return SparseTeacher(values, indices, log_rest, *((samples, entropy) if s else ()))
 
 
 def load_cache(

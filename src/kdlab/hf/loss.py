@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from kdlab.engine.sparse_logit_cache import SparseLogitCache
 from kdlab.losses import SparseTeacher, fused_linear_distill
+from kdlab.losses.sparse_teacher import tail_samples_serve
 
 from .cache import CACHE_COLUMN, sparse_teacher_for_batch
 from .method import DistillMethod
@@ -74,6 +75,8 @@ def compute_distillation(
     hidden, outputs = hidden_states(student, head, model_inputs)
     weight = head.weight if head.weight.dtype == hidden.dtype else head.weight.to(hidden.dtype)
     teacher_arg = _teacher_input(teacher, inputs, model_inputs, hidden.device)
+    if isinstance(teacher_arg, SparseTeacher) and not tail_samples_serve(method.name, method.temperature):
+        teacher_arg = teacher_arg.without_tail_samples()  # draws at T = 1 serve kd/ptloss only: the rest bucket
     loss = fused_linear_distill(
         hidden[:, :-1],
         weight,
@@ -198,8 +201,7 @@ def _teacher_input(
         labels = target_labels(inputs)[:, 1:]
         if bool(((labels != IGNORE_INDEX) & ~_attention_mask(model_inputs)[:, :-1].bool()).any()):
             raise ValueError("a target token follows a padded position, which has no row in the logit cache")
-        shifted = SparseTeacher(sparse.values[:, :-1], sparse.indices[:, :-1], sparse.log_rest[:, :-1])
-        return shifted.to(device)
+        return sparse.map(lambda t: t[:, :-1]).to(device)
     if isinstance(teacher, nn.Module) and callable(getattr(teacher, "get_output_embeddings", None)):
         if teacher.training:
             raise ValueError("the teacher is in training mode; call kdlab.hf.prepare_teacher(teacher, device) first")

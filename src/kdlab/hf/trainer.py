@@ -16,6 +16,7 @@ What it guarantees, and how:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from transformers import Trainer
 
 from kdlab.config import MethodConfig
 from kdlab.engine.sparse_logit_cache import SparseLogitCache
+from kdlab.losses.sparse_teacher import tail_samples_serve
 
 from .cache import CACHE_COLUMN
 from .loss import check_same_tokenizer, compute_distillation, count_target_tokens, output_head, prepare_teacher
@@ -37,7 +39,8 @@ class DistillationTrainer(Trainer):
 
     ``method``: a ``DistillMethod``, a dict such as ``{"name": "ptloss", "epsilon": [0.2], "temperature": 2}``,
     kdlab's ``MethodConfig`` or a name. ``teacher_tokenizer``: compared with ``processing_class`` when both
-    are given. With ``logit_cache`` the dataset needs a ``cache_offset`` column (``write_teacher_cache``).
+    are given. With ``logit_cache`` the dataset needs a ``cache_offset`` column (``write_teacher_cache``); its
+    tail samples are used by ``kd``/``ptloss`` at T = 1 (other methods: the rest bucket, with a warning).
     """
 
     # the loss is already normalised over the whole accumulated batch: training_step must not divide it again
@@ -64,6 +67,14 @@ class DistillationTrainer(Trainer):
             check_same_tokenizer(model, teacher, kwargs.get("processing_class"), teacher_tokenizer)
         else:
             logit_cache = logit_cache if isinstance(logit_cache, SparseLogitCache) else SparseLogitCache(logit_cache)
+            serve = tail_samples_serve(self.method.name, self.method.temperature)
+            if logit_cache.tail_samples and not serve:
+                warnings.warn(
+                    f"the logit cache's tail samples serve kd and ptloss at temperature 1; {self.method.name} at "
+                    f"T={self.method.temperature:g} uses its top {logit_cache.k} and one rest bucket only",
+                    stacklevel=2,
+                )
+                logit_cache = SparseLogitCache(logit_cache.directory, logit_cache.fingerprint, use_tail_samples=False)
             rows = output_head(model, "student").weight.shape[0]
             if logit_cache.vocab_size != rows:
                 raise ValueError(

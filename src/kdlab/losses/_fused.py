@@ -129,7 +129,7 @@ def _eager_rows(
         torch.sub(p, q, out=grad_out)
         return value
     d = _eager_horner(u, d_coef)
-    h = d.mul_(q) if isinstance(d, Tensor) else q * d
+    h = d.mul_(q) if isinstance(d, Tensor) and d.shape == q.shape else q * d  # M = 1: d is a number or (C,)
     c = torch.linalg.vecdot(p, h).add_(1).unsqueeze(-1)
     torch.mul(p, c, out=grad_out).sub_(q).addcmul_(p, h, value=-1.0)
     return value

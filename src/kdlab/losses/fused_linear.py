@@ -18,7 +18,14 @@ from torch import Tensor
 
 from ._common import as_epsilon, check_temperature
 from ._token_rows import LOSSES, NEG_LOGIT, divergence_rows
-from .sparse_teacher import SparseTeacher, spread_bucket_grad, student_buckets, teacher_bucket_logits
+from .sparse_teacher import (
+    SparseTeacher,
+    spread_bucket_grad,
+    student_buckets,
+    tail_sample_terms,
+    tail_samples_serve,
+    teacher_bucket_logits,
+)
 
 TeacherInput = tuple[Tensor, Tensor] | Tensor | SparseTeacher
 # default chunk, logits per (chunk × V) buffer: ~16 MB of float32 on CPU (cache-friendly, small peak),
@@ -108,6 +115,13 @@ def fused_linear_distill(
             raise ValueError("a per-class epsilon (V, M) is not defined on a sparse teacher's buckets; use shape (M,)")
     elif epsilon is not None:
         raise ValueError(f"epsilon is only used by loss='ptloss', not by loss={loss!r}")
+    sampled_tail = isinstance(teacher, SparseTeacher) and teacher.has_tail_samples
+    if sampled_tail and not tail_samples_serve(loss, temperature):
+        raise ValueError(
+            "a sparse teacher's tail samples are draws at temperature 1 for the expectations of 'kd' and "
+            f"'ptloss': use one of them at temperature 1, or drop the samples (got loss={loss!r}, "
+            f"temperature={temperature}); SparseTeacher.without_tail_samples() gives the rest-bucket loss"
+        )
     if loss == "jsd" and not 0.0 < _check_number("jsd_beta", jsd_beta) < 1.0:
         raise ValueError(f"jsd_beta must be in (0, 1) (use 'kd' or 'reverse_kl' for the ends), got {jsd_beta!r}")
     rows = None if keep is None else keep.nonzero().squeeze(1)
@@ -202,12 +216,28 @@ def _divergence_chunk(spec: _Spec, idx, z: Tensor, need_grad: bool) -> tuple[Ten
     cdtype, inv_t, teacher = spec.compute_dtype, 1.0 / spec.temperature, spec.teacher
     if isinstance(teacher, SparseTeacher):
         indices = teacher.indices[idx].long()
-        zt = teacher_bucket_logits(teacher.values[idx].to(cdtype), teacher.log_rest[idx].to(cdtype), inv_t)
+        log_rest = teacher.log_rest[idx].to(cdtype)
+        zt = teacher_bucket_logits(teacher.values[idx].to(cdtype), log_rest, inv_t)
         zs, z_rest, lse_rest = student_buckets(z, indices)
         # an empty rest bucket (k = V) has log-probability -inf on both sides: a large finite stand-in keeps 0·log 0 = 0
         zs, zt = zs.clamp(min=NEG_LOGIT), zt.clamp(min=NEG_LOGIT)
-        value, grad = divergence_rows(spec.loss, zs, zt, spec.epsilon, spec.jsd_beta, need_grad)
-        return value, None if grad is None else spread_bucket_grad(grad, indices, z_rest, lse_rest)
+        if not teacher.has_tail_samples:
+            value, grad = divergence_rows(spec.loss, zs, zt, spec.epsilon, spec.jsd_beta, need_grad)
+            return value, None if grad is None else spread_bucket_grad(grad, indices, z_rest, lse_rest)
+        eps = spec.epsilon  # PTLoss: the top k keep their perturbation, the rest bucket's comes from the samples
+        if eps is not None:
+            eps = torch.cat([eps.unsqueeze(0).expand(indices.shape[1], -1), eps.new_zeros(1, eps.shape[-1])])
+        value, grad = divergence_rows(spec.loss, zs, zt, eps, spec.jsd_beta, need_grad)
+        samples = teacher.tail_samples[idx].long()
+        entropy = teacher.tail_entropy[idx].to(cdtype)
+        tail_value, r, weight, p_coef = tail_sample_terms(z, log_rest, samples, entropy, lse_rest, spec.epsilon)
+        if grad is None:
+            return value + tail_value, None
+        grad[:, -1] += r  # the tail classes' r · p̃ rides on the rest bucket's share
+        grad = spread_bucket_grad(grad, indices, z_rest, lse_rest).scatter_add_(-1, samples, -weight)
+        if p_coef is not None:
+            grad.sub_(torch.softmax(z, dim=-1).mul_(p_coef))
+        return value + tail_value, grad
     if isinstance(teacher, Tensor):
         t = teacher[idx].to(cdtype)
     else:
@@ -300,7 +330,7 @@ def _check_teacher(teacher: object, lead: torch.Size, vocab: int) -> TeacherInpu
 def _check_device(teacher: TeacherInput, device: torch.device) -> None:
     tensors = teacher if isinstance(teacher, tuple) else (teacher,)
     if isinstance(teacher, SparseTeacher):
-        tensors = (teacher.values, teacher.indices, teacher.log_rest)
+        tensors = teacher.tensors()
     for t in tensors:
         if t.device != device:
             raise ValueError(f"the teacher is on {t.device} but student_hidden on {device}: move it first")
