@@ -141,6 +141,19 @@ def test_train_then_distill_from_the_command_line(corpus, teacher_run, one_threa
     assert student["test"]["perplexity"] < 256 / 10
     assert student["data"]["tokenizer"] == teacher["data"]["tokenizer"] == "bytes-utf8"
     assert student["data"]["train_tokens"] == teacher["data"]["train_tokens"] > 0
+    # kdlab evaluate re-measures the saved model: the summary's numbers, plus the train split and the footprint
+    code, out, err = cli(["evaluate", str(corpus / "kd"), "--no-latency"], capsys, monkeypatch)
+    assert code == 0, err
+    evaluation = json.loads((corpus / "kd" / "evaluation.json").read_text())
+    for split in ("val", "test"):
+        for key in ("perplexity", "accuracy", "agreement", "tokens"):
+            assert evaluation[split][key] == pytest.approx(student[split][key], rel=1e-5), (split, key)
+    # train: every block's BLOCK - 1 targets (the tail shorter than a block is not used)
+    assert evaluation["train"]["tokens"] == student["data"]["train_tokens"] // BLOCK * (BLOCK - 1)
+    assert evaluation["teacher"]
+    assert evaluation["footprint"]["file_bytes"] == (corpus / "kd" / "model.safetensors").stat().st_size
+    assert json.loads((corpus / "kd" / "summary.json").read_text())["evaluation"] == evaluation
+    assert "ppl" in out and (corpus / "kd" / "plots" / "learning_curves.png").is_file()
 
 
 def test_cache_round_trip_equals_the_live_teacher(corpus, teacher_run, one_thread, capsys, monkeypatch):

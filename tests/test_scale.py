@@ -31,7 +31,7 @@ WORKER = textwrap.dedent("""
 
     from kdlab import models
     from kdlab.config import OptimizerConfig, SchedulerConfig, TrainConfig
-    from kdlab.engine import Splits, fit
+    from kdlab.engine import Splits, end_process_group, fit
     from kdlab.engine.predict import predict
     from kdlab.eval import classification_metrics
     from kdlab.methods import build
@@ -68,8 +68,8 @@ WORKER = textwrap.dedent("""
             "metrics": classification_metrics(logits, y_test, teacher_logits),
             "weights": [p.detach().flatten().tolist() for p in student.parameters()],
         }))
-    if torch.distributed.is_initialized():  # before exit, or gloo's threads may abort the process
-        torch.distributed.destroy_process_group()
+    acc.free_memory()  # the DDP wrapper it keeps holds the process group; then tear the group down before exit
+    end_process_group()
 """)
 
 

@@ -256,6 +256,7 @@ def evaluate_command(
 
 
 EVAL_COLUMNS = {
+    "perplexity": "ppl",  # causal LMs
     "accuracy": "acc",
     "nll": "NLL",
     "ece": "ECE",
@@ -393,27 +394,21 @@ def main() -> None:
     import warnings
 
     from kdlab.engine import TrainingError
+    from kdlab.engine.processes import end_process_group
 
     warnings.showwarning = _one_line_warning
+    finished = False
     try:
         app()
+        finished = True
+    except SystemExit as done:  # click ends every command with sys.exit
+        finished = done.code in (0, None)
+        raise
     except (ValueError, FileNotFoundError, TrainingError) as err:
         Console(stderr=True, width=console.width).print(f"[bold red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)
-    finally:
-        _end_process_group()
-
-
-def _end_process_group() -> None:
-    """Under torchrun the process group must be destroyed before the interpreter exits: otherwise gloo's
-    worker threads can outlive it and the process aborts ("terminate called without an active exception")
-    after a run that succeeded."""
-    if "torch" not in sys.modules:  # `kdlab --version` and friends never imported torch
-        return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    finally:  # under torchrun: tear the process group down before exit (kdlab.engine.end_process_group)
+        end_process_group(wait=finished)
 
 
 if __name__ == "__main__":

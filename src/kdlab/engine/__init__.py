@@ -2,6 +2,7 @@
 
 from .logit_cache import CacheError
 from .loop import FitResult, Splits, TrainingError, fit
+from .processes import end_process_group
 from .run import cache_logits, distill, evaluate, fit_model, select_ptloss, train
 from .speed import fast_student, fast_teacher
 
@@ -12,6 +13,7 @@ __all__ = [
     "TrainingError",
     "cache_logits",
     "distill",
+    "end_process_group",
     "evaluate",
     "fast_student",
     "fast_teacher",

@@ -37,7 +37,7 @@ from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.losses import fused_linear_distill
 from kdlab.losses.sparse_teacher import SparseTeacher, sparse_teacher_from_logits
 from kdlab.models import count_parameters
-from kdlab.models.hf import HiddenStates, build_causal_lm, vocab_size
+from kdlab.models.hf import HiddenStates, build_causal_lm, load_pretrained, vocab_size
 
 from . import batches
 from .lm_teacher import (
@@ -48,6 +48,7 @@ from .lm_teacher import (
     resolve_lm_teacher,
     teacher_directory,
 )
+from .logit_cache import CacheError
 from .loop import _progress, terms_are_finite
 from .metrics_log import MetricsLog
 from .optim import build_optimizer, build_scheduler
@@ -210,6 +211,37 @@ def evaluate_lm(net: HiddenStates, blocks: Tensor, teacher, split: str, batch_bl
     if teacher is not None:
         out["agreement"] = agree / count
     return out
+
+
+def evaluate_lm_run(run: Path, cfg: RunConfig, splits: tuple[str, ...], latency: bool) -> dict[str, Any]:
+    """``kdlab evaluate`` for a causal-LM run: perplexity, NLL, token accuracy and (when its teacher or cache is
+    still there) top-1 agreement per split, and the footprint (latency of 1 and 8 blocks: a batch of 256 blocks
+    would hold 256 · block · vocabulary logits)."""
+    from kdlab.eval.footprint import footprint
+
+    from .run import _new_accelerator
+
+    data = load_lm_data(cfg)
+    acc = _new_accelerator(cpu=True)
+    try:
+        model = load_pretrained(run)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{run} does not load as a Hugging Face causal LM: {str(err).splitlines()[0]}") from None
+    net = HiddenStates(model).to(acc.device)
+    vocab = vocab_size(model)
+    teacher = None
+    if cfg.teacher is not None:
+        try:
+            teacher = resolve_lm_teacher(cfg, data, vocab, acc.device)
+        except (ConfigError, CacheError):  # the teacher or its cache is gone: the student's own metrics only
+            teacher = None
+    batch = max(1, EVAL_LOGITS // ((cfg.data.block_size - 1) * vocab))
+    result: dict[str, Any] = {split: evaluate_lm(net, data.split(split), teacher, split, batch) for split in splits}
+    result["parameters"] = sum(p.numel() for p in model.parameters())
+    result["teacher"] = teacher is not None
+    files = [run / "model.safetensors"]
+    result["footprint"] = footprint(model, data.test[:1], files=files, latency=latency, batch_sizes=(1, 8))
+    return result
 
 
 # ---- the run ----

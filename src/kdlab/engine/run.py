@@ -384,9 +384,9 @@ def evaluate(
         raise ConfigError(f"{run} is not a finished kdlab run directory (config.yaml and model.safetensors needed)")
     cfg = load_config(run / "config.yaml")
     if cfg.task == "causal_lm":
-        raise ConfigError(
-            f"kdlab evaluate does not support task: causal_lm yet; {run / SUMMARY} holds val/test metrics"
-        )
+        from .lm import evaluate_lm_run
+
+        return _write_evaluation(run, evaluate_lm_run(run, cfg, splits, latency))
     data = load_data(cfg)
     student = load_run_model(cfg, data, run / "model.safetensors")
     acc = _new_accelerator(cpu=True)
@@ -420,6 +420,11 @@ def evaluate(
     result["parameters"] = models.count_parameters(student)
     result["teacher"] = cfg.teacher is not None and (teacher is not None or cached is not None)
     result["footprint"] = footprint(student, data.x_test[:1], files=[run / "model.safetensors"], latency=latency)
+    return _write_evaluation(run, result)
+
+
+def _write_evaluation(run: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """evaluation.json, and the same under "evaluation" in summary.json."""
     atomic_write_json(run / "evaluation.json", result)
     summary_path = run / SUMMARY
     if summary_path.is_file():

@@ -39,11 +39,12 @@ def epoch_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def learning_curves_figure(records: list[dict[str, Any]], title: str = "") -> Figure:
-    """Loss terms, accuracy, and (with a teacher) agreement and KL(teacher ‖ student) per epoch, train vs val."""
+    """Loss terms, then (where recorded) perplexity (language models), accuracy, agreement with the teacher and
+    KL(teacher ‖ student) per epoch, train vs val."""
     epochs = epoch_records(records)
     x = [r["epoch"] for r in epochs]
-    has_teacher = any("val/agreement" in r for r in epochs)
-    panels = ["loss", "accuracy"] + (["agreement", "kl_teacher"] if has_teacher else [])
+    measured = ("perplexity", "accuracy", "agreement", "kl_teacher")
+    panels = ["loss"] + [m for m in measured if any(f"{split}/{m}" in r for r in epochs for split in SPLIT_STYLE)]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         if panel == "loss":
@@ -56,7 +57,12 @@ def learning_curves_figure(records: list[dict[str, Any]], title: str = "") -> Fi
                 values = [r.get(f"{split}/{panel}", math.nan) for r in epochs]
                 if not all(math.isnan(v) for v in values):
                     ax.plot(x, values, style, marker="o", ms=3, label=label)
-            names = {"accuracy": "accuracy", "agreement": "top-1 agreement with teacher", "kl_teacher": "KL(t ‖ s)"}
+            names = {
+                "perplexity": "perplexity",
+                "accuracy": "accuracy",
+                "agreement": "top-1 agreement with teacher",
+                "kl_teacher": "KL(t ‖ s)",
+            }
             ax.set(title=names[panel], xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
