@@ -23,7 +23,7 @@ from kdlab.engine.speed import fast_student, fast_teacher
 REPO = Path(__file__).resolve().parents[1]
 
 WORKER = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     from pathlib import Path
 
     import torch
@@ -70,6 +70,8 @@ WORKER = textwrap.dedent("""
         }))
     acc.free_memory()  # the DDP wrapper it keeps holds the process group; then tear the group down before exit
     end_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # results are written: no exit-time thread cleanup of any library can fail the comparison
 """)
 
 
