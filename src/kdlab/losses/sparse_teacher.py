@@ -38,6 +38,7 @@ With k = V the tail is empty (r = 0) and the samples carry no weight.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -113,7 +114,7 @@ class SparseTeacher:
         tail = (self.tail_samples, self.tail_entropy) if self.has_tail_samples else ()
         return (self.values, self.indices, self.log_rest, *tail)
 
-    def map(self, fn) -> SparseTeacher:
+    def map(self, fn: Callable[[Tensor], Tensor]) -> SparseTeacher:
         """The teacher with ``fn`` applied to every tensor (row selection, reshape of leading dims, device)."""
         return SparseTeacher(*(fn(t) for t in self.tensors()))
 
