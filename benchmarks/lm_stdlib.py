@@ -6,7 +6,8 @@
     python benchmarks/lm_stdlib.py --study strong   # a stronger teacher (1 epoch on ~0.8 M tokens), dense vs top-64
     python benchmarks/lm_stdlib.py --study tail     # top-64 + 16 tail samples per token (unbiased KD), vs dense
     python benchmarks/lm_stdlib.py --study tail-strong   # the same with the stronger teacher
-    python benchmarks/lm_stdlib.py --study tail-draws    # strong teacher, 64 draws (392 bytes): is the rest variance?
+    python benchmarks/lm_stdlib.py --study tail-draws    # strong teacher, 48 / 64 draws (356 / 392 bytes): variance?
+    python benchmarks/lm_stdlib.py --study tail-draws-weak   # the same with the main study's teacher
     python benchmarks/lm_stdlib.py --study budget        # strong teacher, 296 bytes as top-48 + 48 or top-32 + 80 draws
     python benchmarks/lm_stdlib.py --study budget-weak   # the same with the main study's teacher
 
@@ -70,6 +71,7 @@ ROWS = {  # name: (method, k of the sparse cache it trains from or None for the 
     "kd_sparse64_tail16+ce": ({"name": "kd", "temperature": 1.0, "alpha": 0.5}, 64, 16),
     # --study tail-draws (strong teacher): is the remaining KD gap the variance of 16 draws? 64 draws (over budget)
     "kd_sparse64_tail64": ({"name": "kd", "temperature": 1.0}, 64, 64),
+    "kd_sparse64_tail48": ({"name": "kd", "temperature": 1.0}, 64, 48),
     # --study budget (strong teacher): the same 296 bytes per token spent on fewer top classes and more draws
     "kd_sparse48_tail48": ({"name": "kd", "temperature": 1.0}, 48, 48),
     "kd_sparse32_tail80": ({"name": "kd", "temperature": 1.0}, 32, 80),
@@ -82,7 +84,8 @@ STUDIES = {
     "strong": ["kd", "kd_sparse64", "kd+ce", "kd_sparse64+ce"],
     "tail": ["kd_sparse64_tail16", "kd_sparse64_tail16+ce"],  # dense rows: the main and sparse studies'
     "tail-strong": ["kd_sparse64_tail16", "kd_sparse64_tail16+ce"],  # the strong teacher; dense rows: strong's
-    "tail-draws": ["kd_sparse64_tail64"],
+    "tail-draws": ["kd_sparse64_tail48", "kd_sparse64_tail64"],
+    "tail-draws-weak": ["kd_sparse64_tail48", "kd_sparse64_tail64"],  # the same with the main study's teacher
     "budget": ["kd_sparse48_tail48", "kd_sparse32_tail80"],
     "budget-weak": ["kd_sparse48_tail48", "kd_sparse32_tail80"],  # the same with the main study's teacher
 }
@@ -93,6 +96,7 @@ DENSE_OF = {
     "kd_sparse64_tail16": "kd",
     "kd_sparse64_tail16+ce": "kd+ce",
     "kd_sparse64_tail64": "kd",
+    "kd_sparse64_tail48": "kd",
     "kd_sparse48_tail48": "kd",
     "kd_sparse32_tail80": "kd",
 }
