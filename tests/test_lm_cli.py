@@ -349,3 +349,48 @@ def test_distilling_from_a_k_equal_vocabulary_cache_trains_the_live_teachers_stu
     assert summaries["cached"]["test"]["perplexity"] == pytest.approx(summaries["live"]["test"]["perplexity"], rel=1e-4)
     for key in weights["live"]:
         torch.testing.assert_close(weights["cached"][key], weights["live"][key], rtol=0, atol=1e-3)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(corpus, teacher_run, one_thread):
+    """A crash in epoch 2 (after a mid-epoch checkpoint), then --resume: the weights and the metrics of an
+    uninterrupted run, and no duplicated metrics lines."""
+    from safetensors.torch import load_file
+
+    from kdlab.engine import distill
+
+    train = {"epochs": 2, "checkpoint_every_steps": 4, "log_every_steps": 2}
+    straight = distill(
+        config(corpus, "straight", teacher={"run": str(teacher_run)}, method={"name": "kd"}, train=train)
+    )
+    steps_per_epoch = straight["optimizer_steps"] // 2
+    assert steps_per_epoch > 4
+
+    def crash(step: int, terms: dict) -> None:
+        if step == steps_per_epoch + 5:  # one step after epoch 2's first checkpoint (at steps_per_epoch + 4 or so)
+            raise RuntimeError("simulated crash")
+
+    cfg = config(corpus, "crashed", teacher={"run": str(teacher_run)}, method={"name": "kd"}, train=train)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        distill(cfg, callbacks=[crash])
+    assert not (corpus / "crashed" / "summary.json").exists()
+    seen: list[int] = []
+    resumed = distill(cfg, resume=True, callbacks=[lambda step, terms: seen.append(step)])
+    # it continued from the last checkpoint before the crash (every 4 steps, and at the end of epoch 1)
+    crash_step = steps_per_epoch + 5
+    last = max(steps_per_epoch, (crash_step - 1) // 4 * 4)
+    assert seen[0] == last + 1 and seen[-1] == straight["optimizer_steps"]
+    a, b = (
+        load_file(str(corpus / "straight" / "model.safetensors")),
+        load_file(str(corpus / "crashed" / "model.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+    assert resumed["optimizer_steps"] == straight["optimizer_steps"]
+    assert resumed["test"]["perplexity"] == pytest.approx(straight["test"]["perplexity"], rel=1e-6)
+    lines = [json.loads(x) for x in (corpus / "crashed" / "metrics.jsonl").read_text().splitlines()]
+    reference = [json.loads(x) for x in (corpus / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [r["step"] for r in reference]  # every line once, in order
+    for mine, theirs in zip(lines, reference, strict=True):
+        if "val/perplexity" in theirs:
+            assert mine["val/perplexity"] == pytest.approx(theirs["val/perplexity"], rel=1e-6)

@@ -40,6 +40,7 @@ from kdlab.models import count_parameters
 from kdlab.models.hf import HiddenStates, build_causal_lm, load_pretrained, vocab_size
 
 from . import batches
+from .checkpoint import Position, latest_checkpoint, load_checkpoint
 from .lm_teacher import (
     SPLITS,
     LiveTeacher,
@@ -49,7 +50,7 @@ from .lm_teacher import (
     teacher_directory,
 )
 from .logit_cache import CacheError
-from .loop import _progress, terms_are_finite
+from .loop import _checkpoint, _progress, terms_are_finite
 from .metrics_log import MetricsLog
 from .optim import build_optimizer, build_scheduler
 from .sparse_logit_cache import SparseLogitCache, write_sparse_cache
@@ -252,8 +253,6 @@ def run_lm(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, c
     from .run import SUMMARY, _accelerator, _prepare_out, write_selection
 
     wall_start = time.perf_counter()
-    if resume:
-        raise ConfigError("--resume is not supported for task: causal_lm yet")
     if distilling and cfg.teacher is None:
         raise ConfigError("distill needs a 'teacher' section (teacher.run: a causal-LM run or model directory)")
     out = Path(cfg.out)
@@ -274,7 +273,7 @@ def run_lm(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, c
     if objective.needs_selection:
         objective.epsilon, selection = select_epsilon(objective.params, teacher, data.val)
         write_selection(out, selection, acc)
-    result = _fit_lm(model, data, objective, teacher, cfg, acc, out, callbacks)
+    result = _fit_lm(model, data, objective, teacher, cfg, acc, out, callbacks, resume)
     summary = {
         "name": cfg.name,
         "complete": True,
@@ -317,8 +316,13 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _fit_lm(model, data: TextSplits, objective: LMObjective, teacher, cfg: RunConfig, acc: Accelerator, out, callbacks):
-    """The training loop over token blocks: gradient accumulation normalised by the window's target tokens."""
+def _fit_lm(
+    model, data: TextSplits, objective: LMObjective, teacher, cfg: RunConfig, acc: Accelerator, out, callbacks, resume
+):
+    """The training loop over token blocks: gradient accumulation normalised by the window's target tokens.
+
+    Checkpoints (``checkpoints/``, as for images) after every epoch and every ``train.checkpoint_every_steps``
+    optimizer steps; ``resume`` continues from the latest one: same weights, optimizer, schedule, RNG and batches."""
     tc = cfg.train
     set_seed(cfg.seed)
     world, rank = acc.num_processes, acc.process_index
@@ -335,18 +339,26 @@ def _fit_lm(model, data: TextSplits, objective: LMObjective, teacher, cfg: RunCo
     autocast = acc.autocast if acc.mixed_precision != "no" else contextlib.nullcontext
     targets_per_block = data.train.shape[1] - 1
     eval_blocks = max(1, min(tc.eval_batch_size, EVAL_LOGITS // (targets_per_block * vocab_size(model))))
-    log = MetricsLog(out / "metrics.jsonl", acc, None)
-    global_step, tokens, history = 0, 0, []
+    checkpoints = out / "checkpoints"
+    position = Position(0, 0, 0, 0)
+    resume_from = latest_checkpoint(checkpoints) if resume else None
+    if resume_from is not None:
+        position = load_checkpoint(resume_from, raw, optimizer, scheduler)
+    log = MetricsLog(out / "metrics.jsonl", acc, position.metrics_offset if resume_from else None)
+    global_step, tokens, history = position.global_step, 0, []
     start_time = time.perf_counter()
     val: dict[str, float] = {}
     with _progress(tc.progress and acc.is_main_process) as progress:
-        task = progress.add_task(objective.name, total=tc.epochs * micro_steps, info="")
-        for epoch in range(tc.epochs):
+        done = position.epoch * micro_steps + position.step_in_epoch
+        task = progress.add_task(objective.name, total=tc.epochs * micro_steps, completed=done, info="")
+        for epoch in range(position.epoch, tc.epochs):
             net.train()
             permutation = batches.epoch_permutation(len(data.train), cfg.seed, epoch)
             sums: dict[str, float] = {}
+            counted = 0  # micro-batches of this epoch trained in this call (a resumed epoch starts later)
             epoch_start = time.perf_counter()
-            for step in range(micro_steps):
+            first = position.step_in_epoch if epoch == position.epoch else 0
+            for step in range(first, micro_steps):
                 window = windows[step // tc.grad_accum]
                 sync = (step + 1) % tc.grad_accum == 0 or step == micro_steps - 1
                 index = batches.batch_indices(permutation, step, tc.batch_size, rank, world).to(acc.device)
@@ -366,6 +378,7 @@ def _fit_lm(model, data: TextSplits, objective: LMObjective, teacher, cfg: RunCo
                     loss.backward()
                 for name, value in terms.items():  # per-token mean of this micro-batch
                     sums[name] = sums.get(name, 0.0) + float(value.detach()) * window
+                counted += 1
                 tokens += ids.shape[0] * targets_per_block * world
                 if sync:
                     if tc.max_grad_norm:
@@ -380,6 +393,15 @@ def _fit_lm(model, data: TextSplits, objective: LMObjective, teacher, cfg: RunCo
                             {**record, **{f"train/{k}": float(v.detach()) * window for k, v in terms.items()}},
                             global_step,
                         )
+                    if tc.checkpoint_every_steps and global_step % tc.checkpoint_every_steps == 0:
+                        _checkpoint(
+                            acc,
+                            checkpoints,
+                            raw,
+                            optimizer,
+                            scheduler,
+                            Position(epoch, step + 1, global_step, log.offset()),
+                        )
                     for callback in callbacks or []:
                         callback(global_step, {k: float(v.detach()) for k, v in terms.items()})
                 progress.update(
@@ -390,14 +412,17 @@ def _fit_lm(model, data: TextSplits, objective: LMObjective, teacher, cfg: RunCo
                 "epoch": epoch + 1,
                 "step": global_step,
                 "lr": scheduler.get_last_lr()[0],
-                **{f"train/{k}": v / micro_steps for k, v in sums.items()},
+                **{f"train/{k}": v / max(counted, 1) for k, v in sums.items()},
                 **{f"val/{k}": v for k, v in val.items()},
                 "epoch_seconds": time.perf_counter() - epoch_start,
             }
             log.log(record, global_step)
             history.append(record)
             progress.update(task, info=f"epoch {epoch + 1}/{tc.epochs} val ppl {val['perplexity']:.2f}")
+            _checkpoint(acc, checkpoints, raw, optimizer, scheduler, Position(epoch + 1, 0, global_step, log.offset()))
     train_seconds = time.perf_counter() - start_time
+    if not history:  # nothing trained in this call (a finished run resumed)
+        val = evaluate_lm(raw, data.val, teacher, "val", eval_blocks)
     test = evaluate_lm(raw, data.test, teacher, "test", eval_blocks)
     if acc.is_main_process:
         save_pretrained(raw.model, out)
