@@ -102,7 +102,8 @@ def write_teacher_cache(
                 )
                 for row, seq in enumerate(batch):
                     logits = hidden[row, : len(seq)] @ head.weight.to(hidden.dtype).t()
-                    yield sparse_teacher_from_logits(logits.cpu(), k, tail_samples=tail_samples, generator=draws)
+                    sparse = sparse_teacher_from_logits(logits, k, tail_samples=tail_samples, generator=draws)
+                    yield sparse.to(torch.device("cpu"))  # top-k and draws on the teacher's device, rows to disk
 
     write_sparse_cache(directory, parts(), vocab_size=head.weight.shape[0], fingerprint=fp, overwrite=overwrite)
     return cache_offsets([len(seq) for seq in sequences])
