@@ -238,7 +238,7 @@ def evaluate_lm_run(run: Path, cfg: RunConfig, splits: tuple[str, ...], latency:
             teacher = None
     batch = max(1, EVAL_LOGITS // ((cfg.data.block_size - 1) * vocab))
     result: dict[str, Any] = {split: evaluate_lm(net, data.split(split), teacher, split, batch) for split in splits}
-    result["parameters"] = sum(p.numel() for p in model.parameters())
+    result["parameters"] = count_parameters(model)
     result["teacher"] = teacher is not None
     files = [run / "model.safetensors"]
     result["footprint"] = footprint(model, data.test[:1], files=files, latency=latency, batch_sizes=(1, 8))

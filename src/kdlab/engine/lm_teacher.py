@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from kdlab.losses.sparse_teacher import SparseTeacher, tail_samples_serve, teach
 from kdlab.models.hf import HiddenStates, is_model_dir, load_pretrained, weights_digest
 
 from .logit_cache import CacheError
-from .sparse_logit_cache import SparseLogitCache
+from .sparse_logit_cache import SparseLogitCache, warn_unused_tail_samples
 
 SPLITS = ("train", "val", "test")
 
@@ -162,10 +161,6 @@ def resolve_lm_teacher(cfg: RunConfig, data: TextSplits, student_vocab: int | No
         use = tail_samples_serve(cfg.method.name, temperature) and cfg.cache.tail_samples != 0
         teacher = CachedTeacher(cache, cache_fingerprints(data, directory), cfg.data.block_size - 1, device, use)
         if teacher.stored_tail_samples and not use and cfg.cache.tail_samples != 0:
-            warnings.warn(
-                f"the logit cache's tail samples serve kd and ptloss at temperature 1; this run "
-                f"({cfg.method.name}, T={temperature:g}) uses its top {teacher.k} and one rest bucket only",
-                stacklevel=2,
-            )
+            warn_unused_tail_samples(cfg.method.name, temperature, teacher.k)
         return teacher
     return LiveTeacher(directory, device)

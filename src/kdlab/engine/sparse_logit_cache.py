@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def write_sparse_cache(
             start = 0
             while start < part.values.shape[0]:
                 take = min(rows_per_shard - pending, part.values.shape[0] - start)
-                buffer.append(_slice(part, start, start + take))
+                buffer.append(part.rows(slice(start, start + take)))
                 pending += take
                 start += take
                 if pending == rows_per_shard:
@@ -156,6 +157,15 @@ def write_sparse_cache(
     else:
         tmp.rename(target)
     return target
+
+
+def warn_unused_tail_samples(loss: str, temperature: float, k: int) -> None:
+    """One warning line when a cache's tail samples are read without them (``tail_samples_serve`` is False)."""
+    warnings.warn(
+        f"the logit cache's tail samples serve kd and ptloss at temperature 1; {loss} at T={temperature:g} uses "
+        f"its top {k} and one rest bucket only",
+        stacklevel=3,
+    )
 
 
 class SparseLogitCache:
@@ -236,22 +246,23 @@ class SparseLogitCache:
                     key: value for key, value in meta.items() if key.startswith("fingerprint.")
                 }:
                     raise CacheError(f"shard {path} does not belong to the cache in {self.directory}")
-                values = handle.get_slice("values")[lo:hi]
-                low = handle.get_slice("indices_lo")[lo:hi]
-                high = handle.get_slice("indices_hi")[lo:hi] if "indices_hi" in handle.keys() else None  # noqa: SIM118
-                log_rest = handle.get_slice("log_rest")[lo:hi]
+                stored = set(handle.keys())
+
+                def rows(name: str) -> Tensor:
+                    return handle.get_slice(name)[lo:hi]
+
+                def high_planes(name: str) -> Tensor | None:  # stored only above 65,536 classes
+                    return rows(name) if name in stored else None
+
+                values, low, log_rest = rows("values"), rows("indices_lo"), rows("log_rest")
+                high = high_planes("indices_hi")
                 tail = ()
                 if self.tail_samples:
-                    tail_high = handle.get_slice("tail_hi")[lo:hi] if "tail_hi" in handle.keys() else None  # noqa: SIM118
-                    samples = decode_indices(handle.get_slice("tail_lo")[lo:hi], tail_high, self.tail_samples)
-                    tail = (samples.long(), handle.get_slice("tail_entropy")[lo:hi])
+                    samples = decode_indices(rows("tail_lo"), high_planes("tail_hi"), self.tail_samples)
+                    tail = (samples.long(), rows("tail_entropy"))
         except (SafetensorError, OSError) as err:
             raise CacheError(f"logit cache shard {path} is unreadable: {err}") from None
         return SparseTeacher(values, decode_indices(low, high, self.k).long(), log_rest, *tail)
-
-
-def _slice(part: SparseTeacher, start: int, stop: int) -> SparseTeacher:
-    return part.rows(slice(start, stop))
 
 
 def _shifted(values: Tensor) -> Tensor:

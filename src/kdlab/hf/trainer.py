@@ -16,7 +16,6 @@ What it guarantees, and how:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 from transformers import Trainer
 
 from kdlab.config import MethodConfig
-from kdlab.engine.sparse_logit_cache import SparseLogitCache
+from kdlab.engine.sparse_logit_cache import SparseLogitCache, warn_unused_tail_samples
 from kdlab.losses.sparse_teacher import tail_samples_serve
 
 from .cache import CACHE_COLUMN
@@ -69,11 +68,7 @@ class DistillationTrainer(Trainer):
             logit_cache = logit_cache if isinstance(logit_cache, SparseLogitCache) else SparseLogitCache(logit_cache)
             serve = tail_samples_serve(self.method.name, self.method.temperature)
             if logit_cache.tail_samples and not serve:
-                warnings.warn(
-                    f"the logit cache's tail samples serve kd and ptloss at temperature 1; {self.method.name} at "
-                    f"T={self.method.temperature:g} uses its top {logit_cache.k} and one rest bucket only",
-                    stacklevel=2,
-                )
+                warn_unused_tail_samples(self.method.name, self.method.temperature, logit_cache.k)
                 logit_cache = SparseLogitCache(logit_cache.directory, logit_cache.fingerprint, use_tail_samples=False)
             rows = output_head(model, "student").weight.shape[0]
             if logit_cache.vocab_size != rows:
