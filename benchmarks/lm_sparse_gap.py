@@ -3,7 +3,8 @@
     python benchmarks/lm_sparse_gap.py --work runs/lm_stdlib-strong   # after lm_stdlib.py --study strong, tail-strong
 
 Reads the finished run directories of ``benchmarks/lm_stdlib.py`` (teacher, ``kd-seed*``, ``kd_sparse64-seed*`` and
-``kd_sparse64_tail16-seed*`` (``--study tail-strong``), and the ``+ce`` rows when present) and, on the test split,
+``kd_sparse64_tail16-seed*`` and ``kd_sparse64_tail-seed*`` (``--study tail-strong``: 16 and the default 54 tail
+samples), and the ``+ce`` rows when present) and, on the test split,
 splits each student's next-token NLL into the tokens whose target is among the teacher's top k and those outside
 it. Reported per student row (mean over seeds): the fraction of tokens in each group, the mean NLL per group, each
 group's contribution to log-perplexity (sum of NLL over the group / all tokens), and the student's own probability
@@ -34,8 +35,10 @@ from kdlab.losses.sparse_teacher import sparse_teacher_from_logits, student_buck
 from kdlab.models.hf import load_pretrained
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# dense, rest bucket only, rest bucket + 16 tail samples (lm_stdlib.py --study tail-strong); rows not run are skipped
-ROWS = ["kd", "kd_sparse64", "kd_sparse64_tail16", "kd+ce", "kd_sparse64+ce", "kd_sparse64_tail16+ce"]
+# dense, rest bucket only, rest bucket + 16 or 54 tail samples (lm_stdlib.py --study tail-strong); rows not run are
+# skipped
+ROWS = ["kd", "kd_sparse64", "kd_sparse64_tail16", "kd_sparse64_tail"]
+ROWS += ["kd+ce", "kd_sparse64+ce", "kd_sparse64_tail+ce"]
 
 
 @torch.no_grad()

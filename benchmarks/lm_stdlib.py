@@ -4,11 +4,12 @@
     python benchmarks/lm_stdlib.py --quick     # a smoke run: fewer tokens, 1 seed (results/quick/)
     python benchmarks/lm_stdlib.py --study sparse   # + KD+CE, top-64+CE and top-256 rows (same teacher)
     python benchmarks/lm_stdlib.py --study strong   # a stronger teacher (1 epoch on ~0.8 M tokens), dense vs top-64
-    python benchmarks/lm_stdlib.py --study tail     # top-64 + 16 tail samples per token (unbiased KD), vs dense
+    python benchmarks/lm_stdlib.py --study tail     # top-64 + tail samples per token (unbiased KD): 16 and the
+                                                    # default 54 (299 bytes), vs dense
     python benchmarks/lm_stdlib.py --study tail-strong   # the same with the stronger teacher
-    python benchmarks/lm_stdlib.py --study tail-draws    # strong teacher, 48 / 64 draws (356 / 392 bytes): variance?
+    python benchmarks/lm_stdlib.py --study tail-draws    # strong teacher, 48 / 64 draws: is the gap variance?
     python benchmarks/lm_stdlib.py --study tail-draws-weak   # the same with the main study's teacher
-    python benchmarks/lm_stdlib.py --study budget        # strong teacher, 296 bytes as top-48 + 48 or top-32 + 80 draws
+    python benchmarks/lm_stdlib.py --study budget        # strong teacher, top-48 + 48 or top-32 + 80 draws
     python benchmarks/lm_stdlib.py --study budget-weak   # the same with the main study's teacher
 
 Why this corpus: no model or data set can be downloaded here, and the standard library's ``*.py`` sources are
@@ -47,13 +48,16 @@ from _env import environment
 from kdlab.config import dump_config, load_config
 from kdlab.data.text import load_tokenizer, read_documents, train_bpe
 from kdlab.engine import cache_logits, distill, train
-from kdlab.engine.lm import TAIL_SAMPLES, describe_cache
-from kdlab.engine.sparse_logit_cache import SparseLogitCache
+from kdlab.engine.lm import describe_cache
+from kdlab.engine.logit_cache import CacheError
+from kdlab.engine.sparse_logit_cache import SparseLogitCache, default_tail_samples
 from kdlab.io import atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXCLUDED = {"site-packages", "test", "tests", "idle_test"}
-ROWS = {  # name: (method, k of the sparse cache it trains from or None for the live teacher[, tail samples used])
+# name: (method, k of the sparse cache it trains from or None for the live teacher[, tail samples used: a count, or
+# None for cache-logits' default, as many as keep a token under 300 bytes])
+ROWS = {
     "sft": ({"name": "ce"}, None),
     "kd": ({"name": "kd", "temperature": 1.0}, None),
     # the proxy solve costs ~10 ms per token and candidate at 2048 classes on this CPU: 16 x 256, once (seed 0)
@@ -66,24 +70,32 @@ ROWS = {  # name: (method, k of the sparse cache it trains from or None for the 
     "kd+ce": ({"name": "kd", "temperature": 1.0, "alpha": 0.5}, None),
     "kd_sparse64+ce": ({"name": "kd", "temperature": 1.0, "alpha": 0.5}, 64),
     "kd_sparse256": ({"name": "kd", "temperature": 1.0}, 256),
-    # --study tail / tail-strong: the top-64 cache plus 16 classes drawn per token from the teacher's tail
+    # --study tail / tail-strong: the top-64 cache plus classes drawn per token from the teacher's tail
+    "kd_sparse64_tail": ({"name": "kd", "temperature": 1.0}, 64, None),
+    "kd_sparse64_tail+ce": ({"name": "kd", "temperature": 1.0, "alpha": 0.5}, 64, None),
     "kd_sparse64_tail16": ({"name": "kd", "temperature": 1.0}, 64, 16),
-    "kd_sparse64_tail16+ce": ({"name": "kd", "temperature": 1.0, "alpha": 0.5}, 64, 16),
+    # --study tail: PTLoss from the cache, epsilon chosen by the proxy teacher on the k + 1 buckets of val tokens
+    "ptloss_sparse64_tail": (
+        {"name": "ptloss", "temperature": 1.0, "epsilon": "auto", "candidates": 16, "selection_tokens": 256},
+        64,
+        None,
+    ),
     # --study tail-draws (strong teacher): is the remaining KD gap the variance of 16 draws? 64 draws (over budget)
     "kd_sparse64_tail64": ({"name": "kd", "temperature": 1.0}, 64, 64),
     "kd_sparse64_tail48": ({"name": "kd", "temperature": 1.0}, 64, 48),
-    # --study budget (strong teacher): the same 296 bytes per token spent on fewer top classes and more draws
+    # --study budget (strong teacher): ~300 bytes per token spent on fewer top classes and more draws
     "kd_sparse48_tail48": ({"name": "kd", "temperature": 1.0}, 48, 48),
     "kd_sparse32_tail80": ({"name": "kd", "temperature": 1.0}, 32, 80),
 }
 STUDIES = {
-    "main": ["sft", "kd", "ptloss", "kd_sparse64", "kd_sparse64_tail16"],
+    "main": ["sft", "kd", "ptloss", "kd_sparse64", "kd_sparse64_tail"],
     "sparse": ["kd+ce", "kd_sparse64+ce", "kd_sparse256"],
     # --study strong: the same students, but the teacher trained on ~8x more tokens (issue 11: does a teacher
     # that leaves less mass outside its top 64 close the sparse-vs-dense gap?)
     "strong": ["kd", "kd_sparse64", "kd+ce", "kd_sparse64+ce"],
-    "tail": ["kd_sparse64_tail16", "kd_sparse64_tail16+ce"],  # dense rows: the main and sparse studies'
-    "tail-strong": ["kd_sparse64_tail16", "kd_sparse64_tail16+ce"],  # the strong teacher; dense rows: strong's
+    # dense rows: main's and sparse's
+    "tail": ["kd_sparse64_tail16", "kd_sparse64_tail", "kd_sparse64_tail+ce", "ptloss_sparse64_tail"],
+    "tail-strong": ["kd_sparse64_tail16", "kd_sparse64_tail", "kd_sparse64_tail+ce"],  # dense rows: strong's
     "tail-draws": ["kd_sparse64_tail48", "kd_sparse64_tail64"],
     "tail-draws-weak": ["kd_sparse64_tail48", "kd_sparse64_tail64"],  # the same with the main study's teacher
     "budget": ["kd_sparse48_tail48", "kd_sparse32_tail80"],
@@ -93,8 +105,10 @@ DENSE_OF = {
     "kd_sparse64": "kd",
     "kd_sparse64+ce": "kd+ce",
     "kd_sparse256": "kd",
+    "kd_sparse64_tail": "kd",
+    "kd_sparse64_tail+ce": "kd+ce",
+    "ptloss_sparse64_tail": "ptloss",
     "kd_sparse64_tail16": "kd",
-    "kd_sparse64_tail16+ce": "kd+ce",
     "kd_sparse64_tail64": "kd",
     "kd_sparse64_tail48": "kd",
     "kd_sparse48_tail48": "kd",
@@ -103,14 +117,23 @@ DENSE_OF = {
 DENSE_RESULTS = ("lm_stdlib.json", "lm_stdlib_sparse.json")  # where a study finds the dense rows it did not run
 
 
-def cache_key(row: str) -> tuple[int, int] | None:
-    """(k, tail samples) of the cache a row trains from; rest-bucket rows read the default cache without samples."""
+def cache_key(row: str) -> tuple[int, int | None] | None:
+    """(k, tail samples or None for the default) of the cache a row trains from; rest-bucket rows read the default
+    cache without its samples."""
     _, k, *tail = ROWS[row]
-    return None if k is None else (k, tail[0] if tail and tail[0] else TAIL_SAMPLES)
+    return None if k is None else (k, tail[0] if tail else None)
 
 
-def cache_name(k: int, draws: int) -> str:
-    return f"teacher-cache-k{k}" + ("" if draws == TAIL_SAMPLES else f"-s{draws}")
+def cache_name(k: int, draws: int | None) -> str:
+    return f"teacher-cache-k{k}" + ("" if draws is None else f"-s{draws}")
+
+
+def cache_is_current(directory: Path, draws: int) -> bool:
+    """A cache of this kdlab's format with these tail samples (a distillation run re-checks its fingerprint)."""
+    try:
+        return (directory / "test").is_dir() and SparseLogitCache(directory / "train").stored_tail_samples == draws
+    except CacheError:  # an older format
+        return False
 
 
 def stdlib_files() -> list[Path]:
@@ -257,12 +280,12 @@ def main() -> None:
         teacher_summary = train(teacher_cfg, overwrite=True)
     print(f"teacher: test perplexity {teacher_summary['test']['perplexity']:.3f}", flush=True)
     caches = {}
-    for k, draws in sorted({cache_key(row) for row in STUDIES[args.study]} - {None}):
+    for k, draws in sorted({cache_key(row) for row in STUDIES[args.study]} - {None}, key=str):
         cache_dir = work / cache_name(k, draws)
         cache_start = time.perf_counter()
-        # a distillation run re-checks its fingerprint (tokenizer, data, teacher); a cache made before tail samples
-        # existed is made again (the same top-k rows plus the samples; the bucket rows read it without them)
-        if not (cache_dir / "test").is_dir() or SparseLogitCache(cache_dir / "train").stored_tail_samples != draws:
+        # a cache of an older format or with other samples is made again (the same top-k rows, the same draws for
+        # the same count; the bucket rows read it without them)
+        if not cache_is_current(cache_dir, default_tail_samples(k, args.vocab) if draws is None else draws):
             cache = {"topk": k, "tail_samples": draws, "path": str(cache_dir)}
             cache_logits(config("cache", 2, 64, 1, 0, teacher={"run": str(teacher_dir)}, cache=cache))
         rest = SparseLogitCache(cache_dir / "test").read().log_rest.exp()
@@ -277,14 +300,15 @@ def main() -> None:
         for row in runs:
             method, k, *tail = ROWS[row]
             extra = {"teacher": {"run": str(teacher_dir)}, "method": method}
-            if row == "ptloss" and seed > 0:  # the selection depends on teacher and val tokens only: reuse seed 0's
-                extra["method"] = {
+            if method.get("epsilon") == "auto" and seed > 0:  # the selection depends on teacher and val tokens only:
+                extra["method"] = {  # reuse seed 0's
                     "name": "ptloss",
                     "temperature": 1.0,
-                    "epsilon": runs["ptloss"][0]["selection"]["epsilon"],
+                    "epsilon": runs[row][0]["selection"]["epsilon"],
                 }
             if k is not None:
                 path = str(work / cache_name(*cache_key(row)))
+                # tail_samples None: use what the cache holds; 0: the rest-bucket loss
                 extra["cache"] = {"use": "require", "path": path, "topk": k, "tail_samples": tail[0] if tail else 0}
             else:
                 extra["cache"] = {"use": "never"}
@@ -357,7 +381,7 @@ def main() -> None:
         "table": table,
         "sparse_vs_dense_perplexity_gap": gaps,
         "sparse_vs_dense_paired": paired,  # the same seed (initialisation, batch order) with either teacher
-        "ptloss_selection": [s.get("selection") for s in runs.get("ptloss", [])],
+        "ptloss_selection": {row: [s.get("selection") for s in v] for row, v in runs.items() if v[0].get("selection")},
         "runs": {
             row: [{k: s[k] for k in ("method", "seed", "test", "val", "wall_seconds")} for s in v]
             for row, v in runs.items()
@@ -416,13 +440,14 @@ def markdown(r: dict) -> str:
             f"| {row} | `{stats['method']}` | {cell(stats.get('perplexity'), 3)} | {cell(stats.get('accuracy'), 4)} | "
             f"{cell(stats.get('agreement'), 4)} | {stats['wall_seconds']['mean']:.0f} |"
         )
-    sel = [s for s in r["ptloss_selection"] if s]
     lines.append("")
-    if sel:
+    for row, sel in r["ptloss_selection"].items():
         eps = ", ".join(f"{x:+.3f}" for x in sel[0]["epsilon"])
+        teacher = "the k + 1 buckets of the cache" if "sparse" in row else "the dense teacher"
         lines.append(
-            "PTLoss epsilon (proxy teacher on the first 256 validation tokens, 16 candidates, L2 score; chosen once, "
-            f"with seed 0, and reused): [{eps}] (candidate {sel[0]['index']}; candidate 0 is plain KD).  "
+            f"PTLoss epsilon of {row} (proxy teacher from {teacher} on the first 256 validation tokens, 16 "
+            f"candidates, L2 score; chosen once, with seed 0, and reused): [{eps}] (candidate {sel[0]['index']}; "
+            "candidate 0 is plain KD).  "
         )
     for name, gap in r["sparse_vs_dense_perplexity_gap"].items():
         pair = r.get("sparse_vs_dense_paired", {}).get(name)

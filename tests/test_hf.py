@@ -199,3 +199,13 @@ def test_kdlab_does_not_import_transformers_and_kdlab_hf_names_the_extra():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pip install 'kdlab[hf]'" in done.stdout
+
+
+def test_a_model_class_loads_without_torchaos_cpu_machine_warnings():
+    """With the compress extra installed, transformers imports torchao with its first model class; torchao then
+    logs a warning per CUDA-only kernel library and torch a deprecation notice per enum: kdlab.hf silences them."""
+    pytest.importorskip("torchao")
+    script = "import kdlab.hf\nfrom transformers import LlamaForCausalLM\nprint('ok')\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr[-2000:]
+    assert "Failed to load" not in done.stderr and "Enum subclass" not in done.stderr, done.stderr[-2000:]

@@ -62,7 +62,7 @@ def distil_one_step(
     data = [{"input_ids": s} for s in tokens]
     source = {"teacher": teacher}
     if cache_k:
-        offsets = write_teacher_cache(teacher, tokens, out / "cache", k=cache_k)
+        offsets = write_teacher_cache(teacher, tokens, out / "cache", k=cache_k, tail_samples=16)
         data = [dict(d, cache_offset=o) for d, o in zip(data, offsets, strict=True)]
         source = {"logit_cache": out / "cache"}
     trainer = DistillationTrainer(
@@ -134,7 +134,7 @@ def test_the_trainer_reads_the_logit_cache_rows_of_each_example(tmp_path, one_th
     the rows are found through the ``cache_offset`` column, which the trainer keeps although the model does not
     take it (``remove_unused_columns``)."""
     expected = _one_big_batch_step(16)
-    # the cache's tail samples (16 by default) are draws at T = 1; this method runs at T = 2: the rest bucket
+    # the cache's 16 tail samples are draws at T = 1; this method runs at T = 2: the rest bucket
     with pytest.warns(UserWarning, match="tail samples serve kd and ptloss at temperature 1"):
         cached = distil_one_step(tmp_path, per_device=8, accumulation=2, examples=16, cache_k=VOCAB)
     assert cached.teacher.stored_tail_samples == 16 and cached.teacher.tail_samples == 0

@@ -167,7 +167,7 @@ def test_cache_round_trip_equals_the_live_teacher(corpus, teacher_run, one_threa
     live = LiveTeacher(teacher_run, torch.device("cpu"))
     prints = cache_fingerprints(data, teacher_run)
     cached = CachedTeacher(cache_dir, prints, BLOCK - 1, torch.device("cpu"))
-    assert cached.tail_samples == 16  # the default draws; with k = V they carry no weight (no tail)
+    assert cached.tail_samples == 0  # k = V: no tail, so the default draws none
     # tail samples are draws at T = 1: a T = 2 run reads the cache without them
     buckets_only = CachedTeacher(cache_dir, prints, BLOCK - 1, torch.device("cpu"), use_tail_samples=False)
     assert len(SparseLogitCache(cache_dir / "train")) == data.train.shape[0] * (BLOCK - 1)
@@ -197,13 +197,13 @@ def test_bytes_per_token_at_k64(corpus, teacher_run, one_thread, capsys, monkeyp
     cfg = config(corpus, "k64", teacher={"run": str(teacher_run)}, cache={"topk": 64, "path": str(corpus / "c64")})
     code, out, err = cli(["cache-logits", str(cfg)], capsys, monkeypatch)
     assert code == 0, err
-    # by hand: 64 float16 values (128 B) + 64 int16 low index halves (128 B, no high bits below 65,536 classes)
-    # + one float32 log_rest (4 B) + 16 int16 tail samples (32 B) + one float32 tail entropy (4 B) = 296 bytes of
-    # tensor data per token; headers and index.json come on top
+    # by hand, 256 byte classes = 8 bits per index: 64 float16 values (128 B) + 64 indices (64 B) + one float32
+    # log_rest (4 B) = 196; the default tail samples fill the token to 299 B: 99 draws (99 B) + a float32 tail
+    # entropy (4 B); headers and index.json come on top
     train = SparseLogitCache(corpus / "c64" / "train")
-    assert train.payload_bytes_per_token == 296.0
-    assert 296 < train.bytes_per_token < 300
-    assert "296.0 of tensor data" in out.replace("\n", " ")
+    assert train.stored_tail_samples == 99
+    assert train.payload_bytes_per_token == 299.0
+    assert "299.0 of tensor data" in out.replace("\n", " ")
     # a PTLoss student from the cache: epsilon chosen on the k + 1 buckets of validation tokens, agreement from
     # the cached top-1
     args = ["--set", "method.name=ptloss", "--set", "method.candidates=4", "--set", "method.selection_tokens=64"]
@@ -217,7 +217,7 @@ def test_bytes_per_token_at_k64(corpus, teacher_run, one_thread, capsys, monkeyp
     assert len(selection["candidates"]) == 4 and len(selection["epsilon"]) == 5
     chosen = [round(x, 4) for x in selection["epsilon"]]
     assert summary["method"] == f"ptloss(alpha=0.0, beta=1.0, T=1.0, eps={chosen})"
-    assert summary["teacher"].startswith("cached top-64 logits + 16 tail samples")
+    assert summary["teacher"].startswith("cached top-64 logits + 99 tail samples")
     # select-ptloss alone makes the very selection the run made (same teacher, tokens and candidates)
     code, out, err = cli(["select-ptloss", str(cfg), *args, "--output", str(corpus / "sel")], capsys, monkeypatch)
     assert code == 0, err

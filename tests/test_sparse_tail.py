@@ -179,7 +179,7 @@ def test_tail_sample_errors():
 
 
 def test_cache_round_trip_with_tail_samples(tmp_path):
-    vocab, k, s = 70000, 8, 5  # above 65,536 classes: the samples get a high bit plane like the indices
+    vocab, k, s = 70000, 8, 5  # above 65,536 classes: 17 bits per index
     gen = torch.Generator().manual_seed(5)
     logits = torch.randn(30, vocab, generator=gen) * 3
     sparse = sparse_teacher_from_logits(logits, k, tail_samples=s, generator=gen)
@@ -196,8 +196,9 @@ def test_cache_round_trip_with_tail_samples(tmp_path):
     back = cache.read(5, 25)  # across the shard boundary
     assert torch.equal(back.tail_samples, sparse.tail_samples[5:25].long())
     assert torch.equal(back.tail_entropy, sparse.tail_entropy[5:25])
-    # by hand: k (2 + 2) + ceil(k / 8) + 4 for the top k, s · 2 + ceil(s / 8) + 4 for the samples and the entropy
-    assert cache.payload_bytes_per_token == k * 4 + 1 + 4 + s * 2 + 1 + 4
+    # by hand: 8 float16 values (16 B), 8 · 17 bits of indices (17 B), log_rest (4 B); 5 · 17 bits of samples
+    # (85 bits: 11 B) and the entropy (4 B)
+    assert cache.payload_bytes_per_token == 16 + 17 + 4 + 11 + 4
     plain = SparseLogitCache(out, use_tail_samples=False)
     assert plain.tail_samples == 0 and not plain.read(0, 3).has_tail_samples
     with pytest.raises(ValueError, match="same k and tail samples"):

@@ -10,7 +10,14 @@ import torch
 from test_fused_linear import EPS5, reference_rows
 
 from kdlab.engine.logit_cache import CacheError
-from kdlab.engine.sparse_logit_cache import SparseLogitCache, decode_indices, encode_indices, write_sparse_cache
+from kdlab.engine.sparse_logit_cache import (
+    SparseLogitCache,
+    decode_indices,
+    default_tail_samples,
+    encode_indices,
+    token_bytes,
+    write_sparse_cache,
+)
 from kdlab.losses import SparseTeacher, fused_linear_distill, sparse_teacher_from_logits
 
 V, H = 40, 6
@@ -121,13 +128,25 @@ def test_sparse_teacher_input_errors():
         SparseTeacher(good.values, good.indices, good.log_rest[:2])
 
 
-@pytest.mark.parametrize("vocab", [32000, 128256, 300000])
+@pytest.mark.parametrize("vocab", [2, 256, 257, 2048, 32000, 128256, 300000])
 def test_index_packing_round_trips(vocab):
     gen = torch.Generator().manual_seed(vocab)
     idx = torch.randint(0, vocab, (5, 13), generator=gen, dtype=torch.int32)
     idx[0, 0], idx[0, 1] = vocab - 1, 0
-    enc = encode_indices(idx, vocab)
-    assert torch.equal(decode_indices(enc["indices_lo"], enc.get("indices_hi"), 13), idx)
+    packed = encode_indices(idx, vocab)
+    bits = (vocab - 1).bit_length()
+    assert packed.dtype == torch.uint8 and packed.shape == (5, math.ceil(13 * bits / 8))
+    assert torch.equal(decode_indices(packed, vocab, 13), idx)
+
+
+def test_index_packing_layout_by_hand():
+    """11 bits per index at 2,048 classes, least significant bit first: 1 = bit 0, 2047 = bits 11..21."""
+    packed = encode_indices(torch.tensor([[1, 2047]]), 2048)
+    assert packed.tolist() == [[0b00000001, 0b11111000, 0b00111111]]
+    assert default_tail_samples(64, 2048) == 54 and token_bytes(64, 54, 2048) == 299
+    assert default_tail_samples(64, 32000) == 22 and token_bytes(64, 22, 32000) == 298
+    assert default_tail_samples(64, 128256) == 12 and token_bytes(64, 12, 128256) == 298
+    assert default_tail_samples(64, 64) == 0 and default_tail_samples(200, 2048) == 0
 
 
 def synthetic_sparse(rows: int, vocab: int, k: int) -> SparseTeacher:
@@ -141,7 +160,7 @@ def synthetic_sparse(rows: int, vocab: int, k: int) -> SparseTeacher:
 def test_cache_round_trip_shards_fingerprint_and_size(tmp_path):
     vocab, k = 128256, 64
     sparse = synthetic_sparse(400, vocab, k)
-    assert int(sparse.indices.max()) >= 1 << 16  # the high bit plane is exercised
+    assert int(sparse.indices.max()) >= 1 << 16  # the 17th bit is exercised
     fp = {"data": "d" * 64, "tokenizer": "t" * 64, "teacher": "m" * 64}
     parts = [SparseTeacher(sparse.values[:150], sparse.indices[:150], sparse.log_rest[:150])]
     parts.append(SparseTeacher(sparse.values[150:], sparse.indices[150:], sparse.log_rest[150:]))
@@ -154,7 +173,7 @@ def test_cache_round_trip_shards_fingerprint_and_size(tmp_path):
     assert torch.equal(back.indices, sparse.indices[100:300].long())
     assert torch.equal(back.values, sparse.values[100:300])
     assert torch.equal(back.log_rest, sparse.log_rest[100:300])
-    # fp16 values + int16 low indices + 1 high bit plane + fp32 log_rest = 128 + 128 + 8 + 4 = 268 bytes/token
+    # fp16 values + 64 indices of 17 bits + fp32 log_rest = 128 + 136 + 4 = 268 bytes/token
     assert cache.payload_bytes_per_token == 268
     assert cache.bytes_per_token < 300  # with the safetensors headers and index.json, here ~1 KB per shard
     with pytest.raises(CacheError, match="made for other tokenizer"):
@@ -163,7 +182,12 @@ def test_cache_round_trip_shards_fingerprint_and_size(tmp_path):
         write_sparse_cache(out, sparse, vocab_size=vocab, fingerprint=fp)
     assert not list(tmp_path.glob(".*"))  # no temporary directory left behind
     small = write_sparse_cache(tmp_path / "v32k", synthetic_sparse(10, 32000, k), vocab_size=32000, fingerprint=fp)
-    assert SparseLogitCache(small).payload_bytes_per_token == 260  # no high bits below 65,536 classes
+    assert SparseLogitCache(small).payload_bytes_per_token == 128 + 120 + 4  # 15 bits per index
+    # a cache of the first format (16-bit index halves) is refused with what to do, not misread
+    index = json.loads((small / "index.json").read_text())
+    (small / "index.json").write_text(json.dumps({**index, "format": "kdlab-sparse-lm-1"}))
+    with pytest.raises(CacheError, match="format 'kdlab-sparse-lm-1', this kdlab reads 'kdlab-sparse-lm-2'; re-create"):
+        SparseLogitCache(small)
 
 
 def test_cached_teacher_gives_the_same_loss(tmp_path):

@@ -20,9 +20,7 @@ asymmetric activations), so the converted int8 model computes what the student w
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Iterable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,25 +30,12 @@ from torch import Tensor, nn
 
 from kdlab.eval.footprint import is_tensor_subclass as is_quantized
 from kdlab.io import atomic_write_bytes
+from kdlab.quiet import quiet_torchao
 
 Scheme = Literal["int8_dynamic", "int8_weight_only"]
 SCHEMES: tuple[str, ...] = ("int8_dynamic", "int8_weight_only")
 METADATA_KEY = "kdlab_quantization"  # safetensors metadata: the scheme a flattened int8 state was made with
 _SEP = ":"  # "<parameter name>:<inner tensor name>", e.g. "fc.weight:qdata"
-
-
-@contextmanager
-def _quiet_torchao():
-    """torchao logs one warning per CUDA-only kernel library it cannot load on a CPU machine: not the user's news."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for log, level in zip(loggers, levels, strict=True):
-            log.setLevel(level)
 
 
 def _check_scheme(scheme: str) -> None:
@@ -61,7 +46,7 @@ def _check_scheme(scheme: str) -> None:
 def _base_config(scheme: str):
     """torchao's post-training config for ``scheme`` (also what ``convert_qat`` applies)."""
     _check_scheme(scheme)
-    with _quiet_torchao():
+    with quiet_torchao():
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, MappingType
     if scheme == "int8_weight_only":
         return Int8WeightOnlyConfig()
@@ -69,7 +54,7 @@ def _base_config(scheme: str):
 
 
 def _quantize_(model: nn.Module, config) -> None:
-    with _quiet_torchao():
+    with quiet_torchao():
         from torchao.quantization import quantize_
 
         quantize_(model, config, filter_fn=lambda module, _fqn: isinstance(module, nn.Linear))
@@ -96,7 +81,7 @@ def prepare_qat(model: nn.Module, scheme: Scheme = "int8_dynamic") -> nn.Module:
     Same parameter names as ``model``, so optimizers, checkpoints and ``ReapplyMasks`` work unchanged.
     """
     _check_scheme(scheme)
-    with _quiet_torchao():
+    with quiet_torchao():
         from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
     weight = IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=True)
     activation = IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
@@ -114,7 +99,7 @@ def convert_qat(model: nn.Module, scheme: Scheme | None = None) -> nn.Module:
     if scheme is None:
         raise ValueError("convert_qat needs a model from prepare_qat (or an explicit scheme)")
     _check_scheme(scheme)
-    with _quiet_torchao():
+    with quiet_torchao():
         from torchao.quantization.qat import QATConfig
     converted = copy.deepcopy(model).cpu().eval()
     _quantize_(converted, QATConfig(_base_config(scheme), step="convert"))

@@ -53,10 +53,9 @@ from .logit_cache import CacheError
 from .loop import _checkpoint, _progress, terms_are_finite
 from .metrics_log import MetricsLog
 from .optim import build_optimizer, build_scheduler
-from .sparse_logit_cache import SparseLogitCache, write_sparse_cache
+from .sparse_logit_cache import SparseLogitCache, default_tail_samples, write_sparse_cache
 
 DIVERGENCES = ("kd", "ptloss", "reverse_kl", "jsd")
-TAIL_SAMPLES = 16  # default draws per token from the teacher's tail (cache.tail_samples); 2 · 16 + 4 bytes
 EVAL_LOGITS = 1 << 24  # logits per evaluation batch (64 MB of float32)
 
 
@@ -467,7 +466,6 @@ def cache_logits_lm(cfg: RunConfig) -> Path:
     data = load_lm_data(cfg)
     directory = teacher_directory(cfg)
     k = cfg.cache.topk or 64
-    s = TAIL_SAMPLES if cfg.cache.tail_samples is None else cfg.cache.tail_samples
     acc = _new_accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
     teacher = LiveTeacher(directory, acc.device)
     vocab = vocab_size(teacher.net.model)
@@ -475,6 +473,7 @@ def cache_logits_lm(cfg: RunConfig) -> Path:
         raise ConfigError(f"cache.topk={k} exceeds the teacher's vocabulary of {vocab}")
     if data.vocab_size > vocab:
         raise ConfigError(f"the tokenizer has {data.vocab_size} tokens but the teacher's vocabulary only {vocab}")
+    s = default_tail_samples(k, vocab) if cfg.cache.tail_samples is None else cfg.cache.tail_samples
     target = cache_directory(cfg, directory, data, k)
     prints = cache_fingerprints(data, directory)
     batch = max(1, EVAL_LOGITS // ((cfg.data.block_size - 1) * vocab))

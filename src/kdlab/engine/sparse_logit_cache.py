@@ -2,17 +2,19 @@
 
 A cache is a directory::
 
-    index.json                          format, k, vocab_size, rows, fingerprint, shard names and row counts
-    shard-00000-of-00003.safetensors    values (rows, k) float16, indices_lo (rows, k) int16,
-                                        [indices_hi (rows, b, ceil(k/8)) uint8], log_rest (rows,) float32
+    index.json                          format, k, tail_samples, vocab_size, rows, fingerprint, shards and rows
+    shard-00000-of-00003.safetensors    values (rows, k) float16, indices (rows, ceil(k·b/8)) uint8,
+                                        log_rest (rows,) float32
 
-With tail samples (``SparseTeacher.tail_samples``, s per token) a shard also holds ``tail_lo`` (rows, s) int16,
-[``tail_hi``] packed like the indices, and ``tail_entropy`` (rows,) float32: 2s + 4 more bytes per token
-below 65,536 classes (s = 16: 296 bytes per token at k = 64).
+Class indices are bit-packed: b = bits of (vocab_size − 1) per index (11 at 2,048 classes, 15 at 32,000, 17 at
+128,256), index i of a row in bits [i·b, (i + 1)·b) of that row's bytes, least significant bit first. At k = 64
+that is 128 + 8b + 4 bytes per token (220 at 2,048 classes, 252 at 32,000).
 
-Class indices are split into their low 16 bits (int16, two's complement of the uint16) and b = bit length of
-(vocab_size − 1) >> 16 high bit planes, each packed 8 per byte: at k = 64 and a 128k vocabulary that is
-2 + 2 + 1/8 bytes per class plus 4 for ``log_rest``, 268 bytes per token (260 below 65,536 classes).
+With tail samples (``SparseTeacher.tail_samples``, s per token) a shard also holds ``tail`` (rows, ceil(s·b/8))
+uint8, packed the same way, and ``tail_entropy`` (rows,) float32: ceil(s·b/8) + 4 more bytes per token.
+``default_tail_samples`` is as many as keep a token under 300 bytes (DistillKit's compressed format is about
+300): 54 at k = 64 and 2,048 classes (299 bytes), 22 at 32,000, 12 at 128,256.
+
 Each shard repeats the fingerprint in its metadata. The fingerprint is a dict of strings (for a causal LM:
 data, tokenizer and teacher digests); a reader given the expected one refuses a cache made for anything
 else. The directory is written beside the target and renamed into place: a crash leaves no half cache.
@@ -36,36 +38,64 @@ from kdlab.losses.sparse_teacher import SparseTeacher
 
 from .logit_cache import CacheError
 
-FORMAT = "kdlab-sparse-lm-1"
+FORMAT = "kdlab-sparse-lm-2"  # 1: 16-bit index halves plus high bit planes (before tail samples were packed)
 INDEX = "index.json"
+BYTES_PER_TOKEN = 300  # the default tail samples fill a token up to this (DistillKit's compressed format: ~300)
 _BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+_PACK_ROWS = 1 << 14  # rows packed or unpacked at a time: bounds the (rows, m, b) bit tensor
 
 
-def high_bits(vocab_size: int) -> int:
-    return max(vocab_size - 1, 0).bit_length() - 16 if vocab_size > 1 << 16 else 0
+def index_bits(vocab_size: int) -> int:
+    """Bits per stored class index: enough for vocab_size − 1 (at least 1)."""
+    return max((vocab_size - 1).bit_length(), 1)
 
 
-def encode_indices(indices: Tensor, vocab_size: int) -> dict[str, Tensor]:
-    idx = indices.to(torch.int32)
-    low = idx & 0xFFFF
-    out = {"indices_lo": torch.where(low >= 1 << 15, low - (1 << 16), low).to(torch.int16)}
-    nbits = high_bits(vocab_size)
-    if nbits:
-        rows, k = idx.shape
-        pad = (-k) % 8
-        planes = [((idx >> (16 + b)) & 1).to(torch.uint8) for b in range(nbits)]
-        stacked = torch.nn.functional.pad(torch.stack(planes, 1), (0, pad))  # (rows, nbits, k + pad)
-        out["indices_hi"] = (stacked.reshape(rows, nbits, -1, 8) * _BIT_WEIGHTS).sum(-1, dtype=torch.uint8)
+def packed_bytes(count: int, vocab_size: int) -> int:
+    """Bytes per token of ``count`` packed class indices."""
+    return -(-count * index_bits(vocab_size) // 8)
+
+
+def token_bytes(k: int, tail_samples: int, vocab_size: int) -> int:
+    """Tensor bytes per token: k float16 values, k packed indices, log_rest; s packed samples and their entropy."""
+    top = 2 * k + packed_bytes(k, vocab_size) + 4
+    return top + (packed_bytes(tail_samples, vocab_size) + 4 if tail_samples else 0)
+
+
+def default_tail_samples(k: int, vocab_size: int, budget: int = BYTES_PER_TOKEN) -> int:
+    """The most tail samples that keep a token's tensor data below ``budget`` bytes (one byte is left for the
+    files' headers, a fraction of a byte per token): more draws, a less noisy KD/PTLoss gradient on the tail."""
+    room = budget - 1 - token_bytes(k, 0, vocab_size) - 4  # 4: the tail entropy
+    return max(room * 8 // index_bits(vocab_size), 0) if k < vocab_size else 0
+
+
+def encode_indices(indices: Tensor, vocab_size: int) -> Tensor:
+    """(rows, m) class indices in [0, vocab_size) -> (rows, ceil(m·b/8)) uint8, b = ``index_bits(vocab_size)``."""
+    bits = index_bits(vocab_size)
+    rows, m = indices.shape
+    shifts = torch.arange(bits, dtype=torch.int32)
+    out = torch.empty(rows, packed_bytes(m, vocab_size), dtype=torch.uint8)
+    for start in range(0, rows, _PACK_ROWS):
+        idx = indices[start : start + _PACK_ROWS].to(torch.int32)
+        flat = ((idx.unsqueeze(-1) >> shifts) & 1).to(torch.uint8).flatten(1)  # (n, m·b), low bit first
+        flat = torch.nn.functional.pad(flat, (0, out.shape[1] * 8 - flat.shape[1]))
+        out[start : start + len(idx)] = (flat.reshape(len(idx), -1, 8) * _BIT_WEIGHTS).sum(-1, dtype=torch.uint8)
     return out
 
 
-def decode_indices(low: Tensor, high: Tensor | None, k: int) -> Tensor:
-    idx = low.to(torch.int32) & 0xFFFF
-    if high is not None:
-        bits = (high.unsqueeze(-1) & _BIT_WEIGHTS).ne(0).reshape(*high.shape[:2], -1)[..., :k]  # (rows, nbits, k)
-        for b in range(bits.shape[1]):
-            idx |= bits[:, b].to(torch.int32) << (16 + b)
-    return idx
+def decode_indices(packed: Tensor, vocab_size: int, m: int) -> Tensor:
+    """Inverse of ``encode_indices``: (rows, ceil(m·b/8)) uint8 -> (rows, m) int32."""
+    bits = index_bits(vocab_size)
+    rows = packed.shape[0]
+    expected = packed_bytes(m, vocab_size)
+    if packed.shape[-1] != expected:
+        raise CacheError(f"packed indices have {packed.shape[-1]} bytes per row, expected {expected}")
+    shifts = torch.arange(bits, dtype=torch.int32)
+    out = torch.empty(rows, m, dtype=torch.int32)
+    for start in range(0, rows, _PACK_ROWS):
+        chunk = packed[start : start + _PACK_ROWS]
+        flat = (chunk.unsqueeze(-1) & _BIT_WEIGHTS).ne(0).flatten(1)[:, : m * bits]
+        out[start : start + len(chunk)] = (flat.reshape(len(chunk), m, bits).to(torch.int32) << shifts).sum(-1)
+    return out
 
 
 def write_sparse_cache(
@@ -98,11 +128,10 @@ def write_sparse_cache(
         tensors = {
             "values": _shifted(part.values).to(torch.float16).cpu().contiguous(),
             "log_rest": part.log_rest.to(torch.float32).cpu().contiguous(),
-            **{key: t.contiguous() for key, t in encode_indices(part.indices.cpu(), vocab_size).items()},
+            "indices": encode_indices(part.indices.cpu(), vocab_size),
         }
         if part.has_tail_samples:
-            packed = encode_indices(part.tail_samples.cpu(), vocab_size)
-            tensors |= {key.replace("indices", "tail"): t.contiguous() for key, t in packed.items()}
+            tensors["tail"] = encode_indices(part.tail_samples.cpu(), vocab_size)
             tensors["tail_entropy"] = part.tail_entropy.to(torch.float32).cpu().contiguous()
         save_file(tensors, str(tmp / name), metadata={"format": FORMAT, **_fp_meta(fingerprint)})
         shards.append((name, part.values.shape[0]))
@@ -184,7 +213,10 @@ class SparseLogitCache:
         except (OSError, ValueError) as err:
             raise CacheError(f"{self.directory} is not a readable sparse logit cache ({INDEX}: {err})") from None
         if index.get("format") != FORMAT:
-            raise CacheError(f"{self.directory}: unknown cache format {index.get('format')!r} (expected {FORMAT})")
+            raise CacheError(
+                f"{self.directory}: cache format {index.get('format')!r}, this kdlab reads {FORMAT!r}; re-create it "
+                "(`kdlab cache-logits CONFIG`)"
+            )
         self.k: int = int(index["k"])
         self.stored_tail_samples: int = int(index.get("tail_samples") or 0)  # per token; 0 = none
         self.tail_samples: int = self.stored_tail_samples if use_tail_samples else 0  # what ``read`` returns
@@ -211,8 +243,7 @@ class SparseLogitCache:
 
     @property
     def payload_bytes_per_token(self) -> float:
-        """Bytes of tensor data per token row, without the safetensors headers: 2k + 2k + b·ceil(k/8) + 4, plus
-        2s + b·ceil(s/8) + 4 with s tail samples."""
+        """Bytes of tensor data per token row, without the safetensors headers (``token_bytes``)."""
         total = 0
         for path, _ in self.shards:
             with open(path, "rb") as handle:
@@ -246,23 +277,19 @@ class SparseLogitCache:
                     key: value for key, value in meta.items() if key.startswith("fingerprint.")
                 }:
                     raise CacheError(f"shard {path} does not belong to the cache in {self.directory}")
-                stored = set(handle.keys())
 
                 def rows(name: str) -> Tensor:
                     return handle.get_slice(name)[lo:hi]
 
-                def high_planes(name: str) -> Tensor | None:  # stored only above 65,536 classes
-                    return rows(name) if name in stored else None
-
-                values, low, log_rest = rows("values"), rows("indices_lo"), rows("log_rest")
-                high = high_planes("indices_hi")
+                values, log_rest = rows("values"), rows("log_rest")
+                indices = decode_indices(rows("indices"), self.vocab_size, self.k)
                 tail = ()
                 if self.tail_samples:
-                    samples = decode_indices(rows("tail_lo"), high_planes("tail_hi"), self.tail_samples)
+                    samples = decode_indices(rows("tail"), self.vocab_size, self.tail_samples)
                     tail = (samples.long(), rows("tail_entropy"))
         except (SafetensorError, OSError) as err:
             raise CacheError(f"logit cache shard {path} is unreadable: {err}") from None
-        return SparseTeacher(values, decode_indices(low, high, self.k).long(), log_rest, *tail)
+        return SparseTeacher(values, indices.long(), log_rest, *tail)
 
 
 def _shifted(values: Tensor) -> Tensor:

@@ -9,12 +9,16 @@
 ``import kdlab`` never imports transformers; this package needs it.
 """
 
+from kdlab.quiet import preload_torchao
+
 try:
     import transformers  # noqa: F401
 except ImportError as err:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         "kdlab.hf needs Hugging Face transformers, which is not installed: pip install 'kdlab[hf]'"
     ) from err
+else:
+    preload_torchao()  # transformers imports torchao with the first model class: without its CPU-machine warnings
 
 from .cache import cache_offsets, sparse_teacher_for_batch, write_teacher_cache
 from .data import CausalLMCollator

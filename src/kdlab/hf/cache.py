@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kdlab.engine.sparse_logit_cache import SparseLogitCache, write_sparse_cache
+from kdlab.engine.sparse_logit_cache import SparseLogitCache, default_tail_samples, write_sparse_cache
 from kdlab.losses import SparseTeacher, sparse_teacher_from_logits
 
 CACHE_COLUMN = "cache_offset"
@@ -60,7 +60,7 @@ def write_teacher_cache(
     directory: str | Path,
     *,
     k: int = 64,
-    tail_samples: int = 16,
+    tail_samples: int | None = None,
     batch_size: int = 8,
     fingerprint: dict[str, str] | None = None,
     overwrite: bool = False,
@@ -70,7 +70,8 @@ def write_teacher_cache(
 
     ``tail_samples`` classes per token are drawn from the teacher's tail (outside the top k; systematic
     sampling seeded by ``seed``) so that KD/PTLoss from the cache are unbiased estimates of the dense losses
-    (``kdlab.losses.sparse_teacher``); 0 stores the top k and the rest mass only.
+    (``kdlab.losses.sparse_teacher``); None: as many as keep a token under 300 bytes
+    (``default_tail_samples``); 0 stores the top k and the rest mass only.
     The returned list is each example's ``cache_offset`` (add it to the dataset as a column). The default
     fingerprint is ``{"data": sha256 of the token ids, "teacher": teacher_fingerprint(teacher)}`` (config and
     weights).
@@ -84,6 +85,9 @@ def write_teacher_cache(
     device = head.weight.device
     prepare_teacher(teacher, device)
     fp = fingerprint or {"data": data_fingerprint(sequences), "teacher": teacher_fingerprint(teacher)}
+    vocab = head.weight.shape[0]
+    if tail_samples is None:
+        tail_samples = default_tail_samples(k, vocab)
 
     draws = torch.Generator().manual_seed(seed)
 
@@ -105,7 +109,7 @@ def write_teacher_cache(
                     sparse = sparse_teacher_from_logits(logits, k, tail_samples=tail_samples, generator=draws)
                     yield sparse.to(torch.device("cpu"))  # top-k and draws on the teacher's device, rows to disk
 
-    write_sparse_cache(directory, parts(), vocab_size=head.weight.shape[0], fingerprint=fp, overwrite=overwrite)
+    write_sparse_cache(directory, parts(), vocab_size=vocab, fingerprint=fp, overwrite=overwrite)
     return cache_offsets([len(seq) for seq in sequences])
 
 

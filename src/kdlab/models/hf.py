@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from kdlab.config import ConfigError
+from kdlab.quiet import preload_torchao
 
 NAME = "hf_causal_lm"
 
@@ -28,6 +29,7 @@ def _transformers():
         import transformers
     except ImportError:
         raise ConfigError("task: causal_lm needs the hf extra: pip install 'kdlab[hf]'") from None
+    preload_torchao()  # transformers imports it with the first model class: without its CPU-machine warnings
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # kdlab draws its own progress bar
     return transformers
