@@ -83,18 +83,19 @@ def encode_indices(indices: Tensor, vocab_size: int) -> Tensor:
 
 
 def decode_indices(packed: Tensor, vocab_size: int, m: int) -> Tensor:
-    """Inverse of ``encode_indices``: (rows, ceil(m·b/8)) uint8 -> (rows, m) int32."""
+    """Inverse of ``encode_indices``: (rows, ceil(m·b/8)) uint8 -> (rows, m) int32. Each index is read from the five
+    bytes that start at its first bit (b ≤ 31 bits plus a shift of at most 7 fit in them)."""
     bits = index_bits(vocab_size)
-    rows = packed.shape[0]
     expected = packed_bytes(m, vocab_size)
     if packed.shape[-1] != expected:
         raise CacheError(f"packed indices have {packed.shape[-1]} bytes per row, expected {expected}")
-    shifts = torch.arange(bits, dtype=torch.int32)
-    out = torch.empty(rows, m, dtype=torch.int32)
-    for start in range(0, rows, _PACK_ROWS):
-        chunk = packed[start : start + _PACK_ROWS]
-        flat = (chunk.unsqueeze(-1) & _BIT_WEIGHTS).ne(0).flatten(1)[:, : m * bits]
-        out[start : start + len(chunk)] = (flat.reshape(len(chunk), m, bits).to(torch.int32) << shifts).sum(-1)
+    first = torch.arange(m) * bits
+    byte, shift = first // 8, first % 8
+    out = torch.empty(packed.shape[0], m, dtype=torch.int32)
+    for start in range(0, packed.shape[0], _PACK_ROWS):
+        chunk = torch.nn.functional.pad(packed[start : start + _PACK_ROWS], (0, 4)).long()
+        word = sum(chunk[:, byte + j] << (8 * j) for j in range(5))
+        out[start : start + len(chunk)] = ((word >> shift) & ((1 << bits) - 1)).int()
     return out
 
 
