@@ -50,7 +50,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/fidelity_fmnist.py
 	$(PY) benchmarks/lm_loss.py
 	$(PY) benchmarks/lm_stdlib.py
+	$(PY) benchmarks/lm_stdlib.py --study sparse
+	$(PY) benchmarks/lm_stdlib.py --study tail
 	$(PY) benchmarks/lm_stdlib.py --study strong
+	$(PY) benchmarks/lm_stdlib.py --study tail-strong
 	$(PY) benchmarks/lm_sparse_gap.py --work runs/lm_stdlib-strong
 	$(PY) benchmarks/compress_fmnist.py
 	$(PY) benchmarks/peers/run.py

@@ -21,9 +21,10 @@ files are taken in order up to a token budget, the train files in a seeded shuff
 
 Steps, all through the kdlab API with ``task: causal_lm``: a byte-level BPE (``--vocab`` tokens) trained with
 ``tokenizers`` on the train files; a Llama-style teacher trained with cross-entropy (``kdlab train``); its top-64
-cache (``kdlab cache-logits``); then per seed four students of the same smaller architecture, identical
-training budget: SFT only (``ce``), KD (T = 1, live teacher), PTLoss (epsilon chosen by the proxy teacher on
-validation tokens: ``epsilon: auto``) and KD from the k = 64 sparse cache. Reported: test perplexity, token
+cache with its default tail samples (``kdlab cache-logits``); then per seed five students of the same smaller
+architecture, identical training budget: SFT only (``ce``), KD (T = 1, live teacher), PTLoss (epsilon chosen by
+the proxy teacher on validation tokens: ``epsilon: auto``), KD from the k = 64 cache with its rest bucket only
+and KD from the same cache with its tail samples. Reported: test perplexity, token
 accuracy and top-1 agreement with the teacher (mean ± std over seeds, last epoch) and the sparse-vs-dense gap.
 Results: benchmarks/results/lm_stdlib.{json,md}.
 """
