@@ -20,7 +20,9 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -483,16 +485,15 @@ def cache_logits_lm(cfg: RunConfig) -> Path:
         return target
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        for split in SPLITS:
-            blocks = data.split(split)
-            draws = torch.Generator().manual_seed(SPLITS.index(split))  # the same cache from the same teacher
-            parts = (
-                sparse_teacher_from_logits(
-                    teacher.logits(blocks[i : i + batch].to(acc.device)).cpu(), k, tail_samples=s, generator=draws
+        with _progress(cfg.train.progress) as progress:
+            for split in SPLITS:
+                blocks = data.split(split)
+                task = progress.add_task(
+                    f"cache {split}", total=-(-len(blocks) // batch), info=f"top-{k}, {s} tail samples"
                 )
-                for i in range(0, len(blocks), batch)
-            )
-            write_sparse_cache(tmp / split, parts, vocab_size=vocab, fingerprint=prints[split])
+                draws = torch.Generator().manual_seed(SPLITS.index(split))  # the same cache from the same teacher
+                rows = _teacher_rows(teacher, blocks.split(batch), k, s, draws, partial(progress.advance, task))
+                write_sparse_cache(tmp / split, rows, vocab_size=vocab, fingerprint=prints[split])
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
@@ -500,6 +501,22 @@ def cache_logits_lm(cfg: RunConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
     return target
+
+
+def _teacher_rows(
+    teacher: LiveTeacher,
+    batches_of_blocks: Iterable[Tensor],
+    k: int,
+    s: int,
+    draws: torch.Generator,
+    advance: Callable[[], None],
+) -> Iterator[SparseTeacher]:
+    """Top-k logits (+ s tail samples) of every target token, one teacher call per batch of blocks."""
+    device = teacher.net.head_weight.device
+    for blocks in batches_of_blocks:
+        logits = teacher.logits(blocks.to(device)).cpu()
+        yield sparse_teacher_from_logits(logits, k, tail_samples=s, generator=draws)
+        advance()
 
 
 def describe_cache(path: Path) -> str:
