@@ -7,6 +7,7 @@ time a model class is used, so a causal-LM run would print them too.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections.abc import Iterator
@@ -35,12 +36,11 @@ class _EnumConstantNotice(logging.Filter):
         return "is an Enum subclass and is now natively supported" not in record.getMessage()
 
 
+@functools.cache  # once per process: every causal-LM model build calls it
 def preload_torchao() -> None:
     """Import torchao now, quietly, if it is installed: a later import (by transformers) is then silent."""
     if importlib.util.find_spec("torchao") is None:
         return
-    pytree = logging.getLogger("torch.utils._pytree")
-    if not any(isinstance(f, _EnumConstantNotice) for f in pytree.filters):
-        pytree.addFilter(_EnumConstantNotice())
+    logging.getLogger("torch.utils._pytree").addFilter(_EnumConstantNotice())
     with quiet_torchao():
         import torchao  # noqa: F401
