@@ -49,7 +49,7 @@ from _env import environment
 from kdlab.config import dump_config, load_config
 from kdlab.data.text import load_tokenizer, read_documents, train_bpe
 from kdlab.engine import cache_logits, distill, train
-from kdlab.engine.lm import describe_cache
+from kdlab.engine.lm_cache import describe_cache
 from kdlab.engine.logit_cache import CacheError
 from kdlab.engine.sparse_logit_cache import SparseLogitCache, default_tail_samples
 from kdlab.io import atomic_write_json, atomic_write_text

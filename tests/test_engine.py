@@ -136,9 +136,9 @@ class _NaNMethod(Method):
     Params = MethodParams
     needs_teacher = False
 
-    def compute(self, batch, student_logits, teacher_logits, state):
-        bad = student_logits.sum() * (float("nan") if state.step == 2 else 0.0)
-        return {"ce": torch.nn.functional.cross_entropy(student_logits, batch["y"]), "boom": bad}
+    def compute(self, batch, student, teacher, state):
+        bad = student.logits.sum() * (float("nan") if state.step == 2 else 0.0)
+        return {"ce": torch.nn.functional.cross_entropy(student.logits, batch["y"]), "boom": bad}
 
 
 def test_nan_guard_names_the_term_and_step(tmp_path):

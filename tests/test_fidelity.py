@@ -11,7 +11,7 @@ import torch
 from kdlab.config import ConfigError
 from kdlab.data import gaussian_noise, mixup
 from kdlab.engine import distill, evaluate, train
-from kdlab.engine.loop import train_eval_rows
+from kdlab.engine.supervised import train_eval_rows
 
 FAST = {"progress": False, "batch_size": 64, "optimizer": {"lr": 0.05}}
 

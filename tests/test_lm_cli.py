@@ -14,6 +14,7 @@ from kdlab.cli import main
 from kdlab.config import load_config
 from kdlab.data.text import load_text
 from kdlab.engine.lm import build_objective
+from kdlab.engine.loop import StepInfo
 from kdlab.engine.lm_teacher import CachedTeacher, LiveTeacher, cache_fingerprints
 from kdlab.engine.sparse_logit_cache import SparseLogitCache
 from kdlab.models.hf import HiddenStates, load_pretrained
@@ -365,8 +366,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(corpus, teacher_run, one
     steps_per_epoch = straight["optimizer_steps"] // 2
     assert steps_per_epoch > 4
 
-    def crash(step: int, terms: dict) -> None:
-        if step == steps_per_epoch + 5:  # one step after epoch 2's first checkpoint (at steps_per_epoch + 4 or so)
+    def crash(info: StepInfo) -> None:  # the same callback contract as the classification task
+        if info.global_step == steps_per_epoch + 5:  # one step after epoch 2's first checkpoint (at steps_per_epoch + 4 or so)
             raise RuntimeError("simulated crash")
 
     cfg = config(corpus, "crashed", teacher={"run": str(teacher_run)}, method={"name": "kd"}, train=train)
@@ -374,7 +375,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(corpus, teacher_run, one
         distill(cfg, callbacks=[crash])
     assert not (corpus / "crashed" / "summary.json").exists()
     seen: list[int] = []
-    resumed = distill(cfg, resume=True, callbacks=[lambda step, terms: seen.append(step)])
+    resumed = distill(cfg, resume=True, callbacks=[lambda info: seen.append(info.global_step)])
     # it continued from the last checkpoint before the crash (every 4 steps, and at the end of epoch 1)
     crash_step = steps_per_epoch + 5
     last = max(steps_per_epoch, (crash_step - 1) // 4 * 4)

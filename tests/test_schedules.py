@@ -12,7 +12,7 @@ from torch import nn
 
 from kdlab.config import ConfigError, OptimizerConfig, SchedulerConfig, TrainConfig
 from kdlab.engine import Splits, fit
-from kdlab.methods import StepState, build
+from kdlab.methods import Outputs, StepState, build
 from kdlab.methods.schedule import Constant, Cosine, Linear, Step, value_at
 
 LINEAR = {"schedule": "linear", "start": 0.9, "end": 0.1}
@@ -67,7 +67,9 @@ def test_bad_schedules_are_one_line_config_errors(params, fragment):
 def test_compute_matches_a_hand_computation_at_an_epoch():
     method = build("kd", {"alpha": LINEAR, "beta": STEP, "temperature": COSINE}, 4)
     s, t, y = torch.randn(6, 4), torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
-    terms = method.compute({"y": y}, s, t, StepState(2, 0, 5, 2.5))  # epoch 3: alpha .5, beta .5, T 2.5
+    terms = method.compute(
+        {"y": y}, Outputs(logits=s), Outputs(logits=t), StepState(2, 0, 5, 2.5)
+    )  # epoch 3: alpha .5, beta .5, T 2.5
     T = 2.5
     kl = (F.softmax(t / T, -1) * (F.log_softmax(t / T, -1) - F.log_softmax(s / T, -1))).sum(-1).mean() * T * T
     torch.testing.assert_close(terms["ce"], 0.5 * F.cross_entropy(s, y))

@@ -167,7 +167,7 @@ def cache_logits_command(config: Path = CONFIG, set_: list[str] = SET):
     path = cache_logits(config, set_)
     console.print(f"teacher logits cached in {path}")
     if path.is_dir():  # task: causal_lm
-        from kdlab.engine.lm import describe_cache
+        from kdlab.engine.lm_cache import describe_cache
 
         console.print(describe_cache(path))
 

@@ -14,9 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class ConfigError(ValueError):
-    """A bad configuration file, key or value (reported as one line, exit code 2)."""
+from kdlab.errors import ConfigError
 
 
 class _Strict(BaseModel):

@@ -125,8 +125,9 @@ def export_run(
     file is removed and a ``ValueError`` says so. ``latency``: also onnxruntime's median CPU latency at batch 1
     and 256 (``onnx_latency_ms``).
     """
-    from kdlab.config import ConfigError, load_config
+    from kdlab.config import load_config
     from kdlab.engine.run import load_data, load_run_model
+    from kdlab.errors import ConfigError
 
     run = Path(run_dir)
     name = "model-float" if float_model and (run / "model-float.safetensors").is_file() else "model"

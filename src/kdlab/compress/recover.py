@@ -19,8 +19,9 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 import kdlab
-from kdlab.config import ConfigError, RunConfig, dump_config, load_config
+from kdlab.config import RunConfig, dump_config, load_config
 from kdlab.engine.run import SUMMARY, build_student, fit_model, load_data
+from kdlab.errors import ConfigError
 from kdlab.eval.metrics import classification_metrics
 from kdlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from kdlab.methods import build as build_method

@@ -1,7 +1,5 @@
-"""The one exception type for user-facing data problems, so the CLI can print one line instead of a traceback."""
+"""Data errors: ``DataError`` lives in ``kdlab.errors`` with every other error type; re-exported here."""
 
-from __future__ import annotations
+from kdlab.errors import DataError
 
-
-class DataError(ValueError):
-    """A data set cannot be found, read or used; the message is one line naming the file and the problem."""
+__all__ = ["DataError"]

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kdlab.config import ConfigError, RunConfig, apply_overrides, load_config
+from kdlab.config import RunConfig, apply_overrides, load_config
+from kdlab.errors import ConfigError
 from kdlab.io import atomic_write_json
 
 from .reuse import Action, check_method, plan, run_or_skip

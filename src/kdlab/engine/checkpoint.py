@@ -1,4 +1,5 @@
-"""Resumable checkpoints: student weights (safetensors) + optimizer/scheduler/RNG/position, written atomically.
+"""Resumable checkpoints: student weights (safetensors), the method's own modules (``method.safetensors``) and
+state, optimizer/scheduler/RNG/position, written atomically.
 
 Each checkpoint is a directory written under a temporary name and renamed into place; the file
 ``checkpoints/latest`` (itself replaced atomically) names the newest complete one. A crash at any
@@ -10,9 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -44,15 +46,42 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
         tmp.unlink(missing_ok=True)
 
 
+def modules_state(modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """The weights of named modules as one flat safetensors mapping, ``<module>.<parameter>``."""
+    return {f"{name}.{k}": v for name, module in modules.items() for k, v in model_state(module).items()}
+
+
+def load_modules_state(modules: Mapping[str, nn.Module], state: dict[str, torch.Tensor]) -> None:
+    for name, module in modules.items():
+        prefix = f"{name}."
+        module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+
+
+class _Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 def save_checkpoint(
-    root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, position: Position, keep: int = 1
+    root: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    position: Position,
+    method: _Stateful | None = None,
+    method_modules: Mapping[str, nn.Module] | None = None,
+    keep: int = 1,
 ) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{position.global_step:09d}-e{position.epoch}-b{position.step_in_epoch}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     try:
         save_file(model_state(model), str(tmp / "model.safetensors"))
+        if method_modules:
+            save_file(modules_state(method_modules), str(tmp / "method.safetensors"))
         state = {
+            "method": method.state_dict() if method is not None else {},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
@@ -82,9 +111,20 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if (path / "state.pt").is_file() and (path / "model.safetensors").is_file() else None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> Position:
+def load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    method: _Stateful | None = None,
+    method_modules: Mapping[str, nn.Module] | None = None,
+) -> Position:
     model.load_state_dict(load_file(str(path / "model.safetensors")))
+    if method_modules:
+        load_modules_state(method_modules, load_file(str(path / "method.safetensors")))
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    if method is not None:
+        method.load_state_dict(state.get("method", {}))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"])

@@ -13,49 +13,37 @@ Method (``method:`` section): ``ce`` (SFT: cross-entropy on the next token), ``k
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 import kdlab
-from kdlab.config import ConfigError, RunConfig, dump_config
+from kdlab.config import RunConfig, dump_config
 from kdlab.data.text import TextSplits, load_text
+from kdlab.errors import ConfigError
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.losses import fused_linear_distill
-from kdlab.losses.sparse_teacher import SparseTeacher, sparse_teacher_from_logits
+from kdlab.losses.sparse_teacher import SparseTeacher
+from kdlab.methods import Method, Outputs, StepState
 from kdlab.models import count_parameters
 from kdlab.models.hf import HiddenStates, build_causal_lm, load_pretrained, vocab_size
 
-from . import batches
-from .checkpoint import Position, latest_checkpoint, load_checkpoint
 from .lm_teacher import (
     SPLITS,
-    LiveTeacher,
-    cache_directory,
-    cache_fingerprints,
     resolve_lm_teacher,
-    teacher_directory,
 )
 from .logit_cache import CacheError
-from .loop import _checkpoint, _progress, terms_are_finite
-from .metrics_log import MetricsLog
-from .optim import build_optimizer, build_scheduler
-from .sparse_logit_cache import SparseLogitCache, default_tail_samples, write_sparse_cache
+from .loop import run_loop
 
 DIVERGENCES = ("kd", "ptloss", "reverse_kl", "jsd")
 EVAL_LOGITS = 1 << 24  # logits per evaluation batch (64 MB of float32)
@@ -78,13 +66,24 @@ class LMMethodParams(BaseModel):
     jsd_beta: float = Field(0.5, gt=0, lt=1)
 
 
-@dataclass
-class LMObjective:
+class LMObjective(Method):
     """The training loss of one step, from hidden states, head weight, teacher and the next-token targets."""
 
-    name: str
-    params: LMMethodParams
-    epsilon: Tensor | None = None
+    tasks = ("causal_lm",)
+
+    def __init__(self, name: str, params: LMMethodParams, epsilon: Tensor | None = None) -> None:
+        super().__init__(params, 0)
+        self.name = name  # type: ignore[misc]
+        self.params: LMMethodParams = params
+        self.epsilon = epsilon
+
+    def compute(
+        self, batch: dict[str, Any], student: Outputs, teacher: Outputs | None, state: StepState
+    ) -> dict[str, Tensor]:
+        given = None
+        if teacher is not None:
+            given = teacher.sparse if teacher.sparse is not None else (teacher.hidden, teacher.head_weight)
+        return self(student.hidden, student.head_weight, given, batch["targets"], batch["num_items"])
 
     @property
     def needs_teacher(self) -> bool:
@@ -317,124 +316,73 @@ def _versions() -> dict[str, str]:
     }
 
 
+class LMStep:
+    """The causal-LM task's side of the loop (``kdlab.engine.loop.TaskStep``): token blocks in, hidden states and
+    the head weight out (the fused loss never forms the logits). A micro-batch's terms are sums over its target
+    tokens divided by the target tokens of the whole accumulation window (``num_items``), so a window's gradient
+    is the mean over its tokens whatever its length; the product with the world size undoes DDP's averaging."""
+
+    def __init__(self, model, data: TextSplits, objective: LMObjective, teacher, cfg: RunConfig, acc: Accelerator):
+        self.student = HiddenStates(model)
+        self.label, self.rows, self.data, self.method = objective.name, len(data.train), data, objective
+        self.teacher, self.acc, self.batch_size = teacher, acc, cfg.train.batch_size
+        self.targets_per_block = data.train.shape[1] - 1
+        limit = EVAL_LOGITS // (self.targets_per_block * vocab_size(model))
+        self.eval_blocks = max(1, min(cfg.train.eval_batch_size, limit))
+
+    def batch(self, index: Tensor, epoch: int, step: int, window: int) -> dict[str, Any]:
+        ids = self.data.train[index.cpu()].to(self.acc.device)
+        num_items = window * self.batch_size * self.targets_per_block  # target tokens of the whole window
+        return {"ids": ids, "index": index, "targets": ids[:, 1:], "num_items": num_items}
+
+    def forward(self, model, batch: dict[str, Any]) -> tuple[Outputs, Outputs | None]:
+        teacher = None
+        if self.method.needs_teacher:
+            with torch.autocast(self.acc.device.type, enabled=False):  # the teacher keeps its own precision
+                given = self.teacher.train_input(batch["index"], batch["ids"])
+            teacher = (
+                Outputs(sparse=given)
+                if isinstance(given, SparseTeacher)
+                else Outputs(hidden=given[0], head_weight=given[1])
+            )
+        hidden = model(batch["ids"])[:, :-1]
+        return Outputs(hidden=hidden, head_weight=self.student.head_weight), teacher
+
+    def objective(self, terms: dict[str, Tensor], window: int) -> tuple[Tensor, float]:
+        return sum(terms.values()) * self.acc.num_processes, float(window)  # type: ignore[return-value]
+
+    def count(self, batch: dict[str, Any]) -> int:
+        return batch["ids"].shape[0] * self.targets_per_block * self.acc.num_processes
+
+    def evaluate(self, splits: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        blocks = {"val": self.data.val, "test": self.data.test}
+        return {
+            s: evaluate_lm(self.student, blocks[s], self.teacher, s, self.eval_blocks) for s in splits if s in blocks
+        }
+
+    def describe_epoch(self, evaluations: dict[str, dict[str, float]]) -> str:
+        return f"val ppl {evaluations['val']['perplexity']:.2f}"
+
+
 def _fit_lm(
     model, data: TextSplits, objective: LMObjective, teacher, cfg: RunConfig, acc: Accelerator, out, callbacks, resume
 ):
-    """The training loop over token blocks: gradient accumulation normalised by the window's target tokens.
-
-    Checkpoints (``checkpoints/``, as for images) after every epoch and every ``train.checkpoint_every_steps``
-    optimizer steps; ``resume`` continues from the latest one: same weights, optimizer, schedule, RNG and batches."""
-    tc = cfg.train
-    set_seed(cfg.seed)
-    world, rank = acc.num_processes, acc.process_index
-    if tc.batch_size % world:
-        raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the {world} processes")
-    micro_steps = batches.steps_per_epoch(len(data.train), tc.batch_size)
-    if micro_steps == 0:
-        raise ConfigError(f"train.batch_size={tc.batch_size} exceeds the {len(data.train)} training blocks")
-    windows = [min(tc.grad_accum, micro_steps - s) for s in range(0, micro_steps, tc.grad_accum)]
-    net = acc.prepare(HiddenStates(model))
-    raw = acc.unwrap_model(net)
-    optimizer = build_optimizer(raw, tc.optimizer)
-    scheduler = build_scheduler(optimizer, len(windows), tc.epochs, tc.scheduler)
-    autocast = acc.autocast if acc.mixed_precision != "no" else contextlib.nullcontext
-    targets_per_block = data.train.shape[1] - 1
-    eval_blocks = max(1, min(tc.eval_batch_size, EVAL_LOGITS // (targets_per_block * vocab_size(model))))
-    checkpoints = out / "checkpoints"
-    position = Position(0, 0, 0, 0)
-    resume_from = latest_checkpoint(checkpoints) if resume else None
-    if resume_from is not None:
-        position = load_checkpoint(resume_from, raw, optimizer, scheduler)
-    log = MetricsLog(out / "metrics.jsonl", acc, position.metrics_offset if resume_from else None)
-    global_step, tokens, history = position.global_step, 0, []
-    start_time = time.perf_counter()
-    val: dict[str, float] = {}
-    with _progress(tc.progress and acc.is_main_process) as progress:
-        done = position.epoch * micro_steps + position.step_in_epoch
-        task = progress.add_task(objective.name, total=tc.epochs * micro_steps, completed=done, info="")
-        for epoch in range(position.epoch, tc.epochs):
-            net.train()
-            permutation = batches.epoch_permutation(len(data.train), cfg.seed, epoch)
-            sums: dict[str, float] = {}
-            counted = 0  # micro-batches of this epoch trained in this call (a resumed epoch starts later)
-            epoch_start = time.perf_counter()
-            first = position.step_in_epoch if epoch == position.epoch else 0
-            for step in range(first, micro_steps):
-                window = windows[step // tc.grad_accum]
-                sync = (step + 1) % tc.grad_accum == 0 or step == micro_steps - 1
-                index = batches.batch_indices(permutation, step, tc.batch_size, rank, world).to(acc.device)
-                ids = data.train[index.cpu()].to(acc.device)
-                t_input = teacher.train_input(index, ids) if objective.needs_teacher else None
-                num_items = window * tc.batch_size * targets_per_block  # target tokens of the whole window
-                with contextlib.nullcontext() if sync else acc.no_sync(net):
-                    with autocast():
-                        hidden = net(ids)[:, :-1]
-                    terms = objective(hidden, raw.head_weight, t_input, ids[:, 1:], num_items)
-                    loss = sum(terms.values()) * world  # DDP averages gradients over processes
-                    if not terms_are_finite(
-                        terms, acc, tc.nan_policy, f"epoch {epoch + 1}, step {step + 1} (optimizer step {global_step})"
-                    ):
-                        optimizer.zero_grad(set_to_none=True)
-                        continue
-                    loss.backward()
-                for name, value in terms.items():  # per-token mean of this micro-batch
-                    sums[name] = sums.get(name, 0.0) + float(value.detach()) * window
-                counted += 1
-                tokens += ids.shape[0] * targets_per_block * world
-                if sync:
-                    if tc.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(raw.parameters(), tc.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    global_step += 1
-                    if global_step % tc.log_every_steps == 0:
-                        record = {"step": global_step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
-                        log.log(
-                            {**record, **{f"train/{k}": float(v.detach()) * window for k, v in terms.items()}},
-                            global_step,
-                        )
-                    if tc.checkpoint_every_steps and global_step % tc.checkpoint_every_steps == 0:
-                        _checkpoint(
-                            acc,
-                            checkpoints,
-                            raw,
-                            optimizer,
-                            scheduler,
-                            Position(epoch, step + 1, global_step, log.offset()),
-                        )
-                    for callback in callbacks or []:
-                        callback(global_step, {k: float(v.detach()) for k, v in terms.items()})
-                progress.update(
-                    task, advance=1, info=f"epoch {epoch + 1}/{tc.epochs} loss {float(loss.detach()) * window:.4f}"
-                )
-            val = evaluate_lm(raw, data.val, teacher, "val", eval_blocks)
-            record = {
-                "epoch": epoch + 1,
-                "step": global_step,
-                "lr": scheduler.get_last_lr()[0],
-                **{f"train/{k}": v / max(counted, 1) for k, v in sums.items()},
-                **{f"val/{k}": v for k, v in val.items()},
-                "epoch_seconds": time.perf_counter() - epoch_start,
-            }
-            log.log(record, global_step)
-            history.append(record)
-            progress.update(task, info=f"epoch {epoch + 1}/{tc.epochs} val ppl {val['perplexity']:.2f}")
-            _checkpoint(acc, checkpoints, raw, optimizer, scheduler, Position(epoch + 1, 0, global_step, log.offset()))
-    train_seconds = time.perf_counter() - start_time
-    if not history:  # nothing trained in this call (a finished run resumed)
-        val = evaluate_lm(raw, data.val, teacher, "val", eval_blocks)
-    test = evaluate_lm(raw, data.test, teacher, "test", eval_blocks)
+    """The one loop over token blocks; checkpoints (``checkpoints/``, as for images) after every epoch and every
+    ``train.checkpoint_every_steps`` optimizer steps; ``resume`` continues from the latest one."""
+    step = LMStep(model, data, objective, teacher, cfg, acc)
+    result, trainable = run_loop(
+        step, objective, cfg.train, accelerator=acc, out_dir=out, seed=cfg.seed, resume=resume, callbacks=callbacks
+    )
     if acc.is_main_process:
-        save_pretrained(raw.model, out)
+        save_pretrained(trainable.student.model, out)
     acc.wait_for_everyone()
     return {
-        "val": val,
-        "test": test,
-        "epochs": tc.epochs,
-        "optimizer_steps": global_step,
-        "train_seconds": train_seconds,
-        "tokens_per_second": tokens / max(train_seconds, 1e-9),
+        "val": result.evaluations["val"],
+        "test": result.evaluations["test"],
+        "epochs": result.epochs,
+        "optimizer_steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "tokens_per_second": result.items_per_second,
     }
 
 
@@ -455,78 +403,3 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
-
-
-# ---- kdlab cache-logits ----
-
-
-@torch.no_grad()
-def cache_logits_lm(cfg: RunConfig) -> Path:
-    """Top-k teacher logits (k = cache.topk, default 64) of every target token of every split, one cache each."""
-    from .run import _new_accelerator, _use_cpu
-
-    data = load_lm_data(cfg)
-    directory = teacher_directory(cfg)
-    k = cfg.cache.topk or 64
-    acc = _new_accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
-    teacher = LiveTeacher(directory, acc.device)
-    vocab = vocab_size(teacher.net.model)
-    if k > vocab:
-        raise ConfigError(f"cache.topk={k} exceeds the teacher's vocabulary of {vocab}")
-    if data.vocab_size > vocab:
-        raise ConfigError(f"the tokenizer has {data.vocab_size} tokens but the teacher's vocabulary only {vocab}")
-    s = default_tail_samples(k, vocab) if cfg.cache.tail_samples is None else cfg.cache.tail_samples
-    target = cache_directory(cfg, directory, data, k)
-    prints = cache_fingerprints(data, directory)
-    batch = max(1, EVAL_LOGITS // ((cfg.data.block_size - 1) * vocab))
-    tmp = target.with_name(f".{target.name}.build")
-    if not acc.is_main_process:  # one writer; the others wait for the finished directory
-        acc.wait_for_everyone()
-        return target
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with _progress(cfg.train.progress) as progress:
-            for split in SPLITS:
-                blocks = data.split(split)
-                task = progress.add_task(
-                    f"cache {split}", total=-(-len(blocks) // batch), info=f"top-{k}, {s} tail samples"
-                )
-                draws = torch.Generator().manual_seed(SPLITS.index(split))  # the same cache from the same teacher
-                rows = _teacher_rows(teacher, blocks.split(batch), k, s, draws, partial(progress.advance, task))
-                write_sparse_cache(tmp / split, rows, vocab_size=vocab, fingerprint=prints[split])
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    acc.wait_for_everyone()
-    return target
-
-
-def _teacher_rows(
-    teacher: LiveTeacher,
-    batches_of_blocks: Iterable[Tensor],
-    k: int,
-    s: int,
-    draws: torch.Generator,
-    advance: Callable[[], None],
-) -> Iterator[SparseTeacher]:
-    """Top-k logits (+ s tail samples) of every target token, one teacher call per batch of blocks."""
-    device = teacher.net.head_weight.device
-    for blocks in batches_of_blocks:
-        logits = teacher.logits(blocks.to(device)).cpu()
-        yield sparse_teacher_from_logits(logits, k, tail_samples=s, generator=draws)
-        advance()
-
-
-def describe_cache(path: Path) -> str:
-    """One line: k, token rows and bytes per token of a causal-LM cache directory."""
-    caches = [SparseLogitCache(path / split) for split in SPLITS]
-    rows = sum(len(c) for c in caches)
-    size = sum(c.bytes_per_token * len(c) for c in caches)
-    payload = sum(c.payload_bytes_per_token * len(c) for c in caches)
-    tail = f" + {caches[0].stored_tail_samples} tail samples" if caches[0].stored_tail_samples else ""
-    return (
-        f"top-{caches[0].k} of {caches[0].vocab_size}{tail} per token, {rows:,} tokens, "
-        f"{size / rows:.1f} bytes/token on disk ({payload / rows:.1f} of tensor data)"
-    )

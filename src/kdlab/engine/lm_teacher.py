@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from kdlab.config import ConfigError, RunConfig
+from kdlab.config import RunConfig
 from kdlab.data.text import TextSplits
+from kdlab.errors import ConfigError
 from kdlab.losses.sparse_teacher import SparseTeacher, tail_samples_serve, teacher_bucket_logits
 from kdlab.models.hf import HiddenStates, is_model_dir, load_pretrained, weights_digest
 

@@ -20,11 +20,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from kdlab.errors import CacheError
+
 FORMAT_VERSION = "1"
-
-
-class CacheError(ValueError):
-    """A missing, stale or corrupt logit cache (reported as one line)."""
 
 
 def encode(logits: Tensor, topk: int | None) -> dict[str, Tensor]:

@@ -10,8 +10,13 @@ from torch import nn
 from kdlab.config import OptimizerConfig, SchedulerConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: nn.Module | dict[str, list[nn.Parameter]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """One optimizer over a model's trainable parameters, or over named groups (the student and each module a
+    method owns: one parameter group each, in that order, with the group's name in its ``name`` key)."""
+    if isinstance(model, nn.Module):
+        params: list = [p for p in model.parameters() if p.requires_grad]
+    else:
+        params = [{"params": group, "name": name} for name, group in model.items() if group]
     if cfg.name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
-from kdlab.config import ConfigError, RunConfig
+from kdlab.config import RunConfig
+from kdlab.errors import ConfigError
 
 from .checkpoint import latest_checkpoint
 from .run import SUMMARY, _run

@@ -24,15 +24,16 @@ from torch import nn
 
 import kdlab
 from kdlab import models
-from kdlab.config import ConfigError, RunConfig, dump_config, load_config
+from kdlab.config import RunConfig, dump_config, load_config
+from kdlab.errors import ConfigError
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.losses import proxy_teacher
 from kdlab.methods import build as build_method
 
 from .logit_cache import CacheError, read_cache, write_cache
-from .loop import fit
 from .predict import predict
 from .speed import fast_teacher
+from .supervised import fit
 from .teacher import load_teacher, resolve_teacher
 
 SUMMARY = "summary.json"
@@ -120,18 +121,21 @@ def _new_accelerator(**kwargs) -> Accelerator:
     return Accelerator(**kwargs)
 
 
-def _teacher_and_cache(cfg: RunConfig, data) -> tuple[nn.Module | None, dict | None, str]:
-    """The live teacher, or cached logits when a valid cache exists and augmentation is off."""
+def _teacher_and_cache(cfg: RunConfig, data, needs_features: bool = False) -> tuple[nn.Module | None, dict | None, str]:
+    """The live teacher, or cached logits when a valid cache exists, augmentation is off and the method needs
+    no teacher features."""
     source = resolve_teacher(cfg.teacher)
     _warn_if_split_overlaps(cfg, source)
     cache_file = _cache_file(cfg, source, data)
     augmenting = cfg.data.augment.enabled
+    if needs_features and cfg.cache.use == "require":
+        raise ConfigError(f"method {cfg.method.name!r} reads the teacher's features: cache.use=require cannot serve")
     if cfg.cache.use == "require":
         if augmenting:
             raise ConfigError("cache.use=require with data augmentation: cached logits cannot follow augmented inputs")
         if not cache_file.is_file():
             raise CacheError(f"no logit cache at {cache_file}; run `kdlab cache-logits CONFIG` first")
-    if cfg.cache.use != "never" and not augmenting and cache_file.is_file():
+    if cfg.cache.use != "never" and not augmenting and not needs_features and cache_file.is_file():
         cached = read_cache(cache_file, data.fingerprint, source.fingerprint())
         return None, cached, f"cached logits {cache_file}"
     teacher = load_teacher(source, data.num_classes, tuple(data.in_shape))
@@ -164,15 +168,13 @@ def _run(
     acc = _accelerator(cfg, out)
     teacher, cached, teacher_desc = (None, None, None)
     if distilling and method.needs_teacher:  # before touching `out`: a bad teacher leaves nothing behind
-        teacher, cached, teacher_desc = _teacher_and_cache(cfg, data)
+        teacher, cached, teacher_desc = _teacher_and_cache(cfg, data, bool(method.requires().teacher_features))
         if teacher is not None:
             t = cfg.teacher
             teacher = fast_teacher(teacher, channels_last=t.channels_last, precision=t.precision, compile=t.compile)
     _prepare_out(out, resume, overwrite, acc)
     if acc.is_main_process:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
-    if getattr(method, "needs_selection", False):  # ptloss with epsilon: auto
-        write_selection(out, _select_epsilon(method, teacher, cached, data, acc, cfg), acc)
     torch.manual_seed(cfg.seed)
     student = build_student(cfg, data) if student is None else student
     if acc.trackers is not None and (cfg.tracking.tensorboard or cfg.tracking.mlflow):
@@ -350,7 +352,7 @@ def cache_logits(config, overrides: list[str] | None = None) -> Path:
     if cfg.teacher is None:
         raise ConfigError("cache-logits needs a 'teacher' section")
     if cfg.task == "causal_lm":  # a directory of sharded top-k caches, one per split
-        from .lm import cache_logits_lm
+        from .lm_cache import cache_logits_lm
 
         return cache_logits_lm(cfg)
     data = load_data(cfg)

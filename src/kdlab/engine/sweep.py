@@ -23,9 +23,9 @@ from typing import Any
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kdlab.config import ConfigError, RunConfig, dump_config, load_config
+from kdlab.config import RunConfig, dump_config, load_config
+from kdlab.errors import ConfigError, TrainingError
 
-from .loop import TrainingError
 from .reuse import Action, check_method, plan, read_summary, run_or_skip
 
 

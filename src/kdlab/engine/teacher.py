@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kdlab import models
-from kdlab.config import ConfigError, ModelConfig, TeacherConfig
+from kdlab.config import ModelConfig, TeacherConfig
+from kdlab.errors import ConfigError
 
 
 @dataclass

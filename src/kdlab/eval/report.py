@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdlab.config import ConfigError
+from kdlab.errors import ConfigError
 from kdlab.io import atomic_write_text
 
 from . import plots

@@ -1,19 +1,25 @@
-"""What a distillation method is: a named, registered object that turns one batch into loss terms.
+"""What a distillation method is: a named, registered object that turns one batch into loss terms (contract v2).
 
-A method knows nothing of Accelerate or the loop: it gets the batch, the student's logits, the teacher's
-logits (or None) and the training progress, and returns named loss terms; their sum is optimised and
-each is logged. Hyper-parameters are a pydantic model (``Params``) so typos in a config are errors.
+A method knows nothing of Accelerate, the loop or the task: it declares what it needs (``requires``: logits,
+named intermediate features, hidden states for token tasks), may prepare itself once before training
+(``setup``), may own trainable modules (``modules``: a regressor, a filter, a guide network; the engine puts
+them in the optimizer, wraps them for DDP with the student, checkpoints them and saves them beside — never
+inside — the student's weights) and other resumable state (``state_dict``), and returns named loss terms from
+``compute``; their sum is optimised and each is logged. Hyper-parameters are a pydantic model (``Params``) so a
+typo in a config is an error. Scheduled values arrive in ``StepState``; nothing about progress is kept on ``self``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from torch import Tensor
+from torch import Tensor, nn
 
-from kdlab.config import ConfigError
+from kdlab.errors import ConfigError
 
 
 class MethodParams(BaseModel):
@@ -30,17 +36,84 @@ class StepState:
     progress: float
 
 
+@dataclass(frozen=True)
+class Requires:
+    """What a method needs from a forward pass; the task fills an ``Outputs`` with exactly this.
+
+    ``student_features`` / ``teacher_features``: names of submodules (``model.get_submodule(name)``) whose outputs
+    are recorded by forward hooks (``kdlab.models.tap``); the student's stay in the autograd graph."""
+
+    logits: bool = True
+    student_features: tuple[str, ...] = ()
+    teacher_features: tuple[str, ...] = ()
+
+
+@dataclass
+class Outputs:
+    """One side's outputs for a batch. Classification: ``logits`` (N, C) and ``features``. Token tasks keep the
+    fused loss (the (tokens × vocabulary) logits never exist): the student gives ``hidden`` (N, T, H) and
+    ``head_weight`` (V, H); the teacher gives the same, or ``sparse`` (a top-k ``SparseTeacher`` from a cache)."""
+
+    logits: Tensor | None = None
+    features: dict[str, Tensor] = field(default_factory=dict)
+    hidden: Tensor | None = None
+    head_weight: Tensor | None = None
+    sparse: Any = None
+
+
+@dataclass
+class SetupContext:
+    """What ``Method.setup`` sees, once, before training (and before the optimizer is built).
+
+    ``teacher_logits(split)``: the teacher's (N, C) logits on a whole split (live or cached); ``labels(split)``;
+    ``feature_shapes(side, names)``: the shapes (without the batch dimension) of named features of the student or
+    the teacher on one training example — what a method needs to size its own modules; ``write_report(stem,
+    payload, plot)``: ``<stem>.json`` (and ``<stem>.png`` through ``plot``) in the run directory, on rank 0."""
+
+    num_classes: int
+    device: Any
+    out_dir: Path | None
+    teacher_logits: Callable[[str], Tensor]
+    labels: Callable[[str], Tensor]
+    feature_shapes: Callable[[str, tuple[str, ...]], dict[str, tuple[int, ...]]]
+    write_report: Callable[[str, dict[str, Any], Callable[[Path], None] | None], None]
+
+
 class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks whose outputs this method can read
 
     def __init__(self, params: MethodParams, num_classes: int) -> None:
         self.params = params
         self.num_classes = num_classes
 
+    def requires(self) -> Requires:
+        return Requires()
+
+    def setup(self, ctx: SetupContext) -> None:
+        """Run once before training (e.g. PTLoss's epsilon selection, building a regressor of the right size)."""
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Trainable modules this method owns, by name (``method/<name>.safetensors`` in the run directory)."""
+        return {}
+
+    def trains(self, state: StepState) -> tuple[str, ...] | None:
+        """Which parameter groups ("student" or a module name) step at ``state``; None = all of them (the default).
+        Alternating (multi-level) methods return one phase's groups; the others keep their weights that step."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Anything besides ``modules()`` that must survive a resume (tensors, numbers, strings, lists, dicts)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"method {self.name!r} keeps no state, got keys {sorted(state)}")
+
     def compute(
-        self, batch: dict[str, Tensor], student_logits: Tensor, teacher_logits: Tensor | None, state: StepState
+        self, batch: dict[str, Tensor], student: Outputs, teacher: Outputs | None, state: StepState
     ) -> dict[str, Tensor]:
         raise NotImplementedError
 

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from kdlab.losses import cross_entropy
 
-from .base import Method, MethodParams, StepState, register
+from .base import Method, MethodParams, Outputs, StepState, register
 
 
 class CEParams(MethodParams):
@@ -20,6 +20,6 @@ class CEMethod(Method):
     needs_teacher = False
 
     def compute(
-        self, batch: dict[str, Tensor], student_logits: Tensor, teacher_logits: Tensor | None, state: StepState
+        self, batch: dict[str, Tensor], student: Outputs, teacher: Outputs | None, state: StepState
     ) -> dict[str, Tensor]:
-        return {"ce": cross_entropy(student_logits, batch["y"], label_smoothing=self.params.label_smoothing)}
+        return {"ce": cross_entropy(student.logits, batch["y"], label_smoothing=self.params.label_smoothing)}

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from kdlab.losses import cross_entropy, dkd_loss
 
-from .base import Method, MethodParams, StepState, register
+from .base import Method, MethodParams, Outputs, StepState, register
 
 
 class DKDParams(MethodParams):
@@ -23,11 +23,12 @@ class DKDMethod(Method):
     Params = DKDParams
 
     def compute(
-        self, batch: dict[str, Tensor], student_logits: Tensor, teacher_logits: Tensor | None, state: StepState
+        self, batch: dict[str, Tensor], student: Outputs, teacher: Outputs | None, state: StepState
     ) -> dict[str, Tensor]:
-        p = self.params
+        p, student_logits = self.params, student.logits
+        assert teacher is not None
         ramp = 1.0 if p.warmup_epochs == 0 else min(state.progress / p.warmup_epochs, 1.0)
-        terms = {"dkd": ramp * dkd_loss(student_logits, teacher_logits, batch["y"], p.alpha, p.beta, p.temperature)}
+        terms = {"dkd": ramp * dkd_loss(student_logits, teacher.logits, batch["y"], p.alpha, p.beta, p.temperature)}
         if p.ce_weight > 0:
             terms["ce"] = p.ce_weight * cross_entropy(student_logits, batch["y"])
         return terms

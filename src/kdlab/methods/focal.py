@@ -21,5 +21,7 @@ class FocalParams(WeightedParams):
 class FocalMethod(WeightedKDMethod):
     Params = FocalParams
 
-    def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
-        return focal_kd(student_logits, teacher_logits, self.params.gamma, self.temperature)
+    def distill_term(
+        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float
+    ) -> Tensor:
+        return focal_kd(student_logits, teacher_logits, self.params.gamma, temperature)

@@ -12,5 +12,7 @@ from .weighted import WeightedKDMethod
 
 @register("kd")
 class KDMethod(WeightedKDMethod):
-    def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
-        return kd_loss(student_logits, teacher_logits, self.temperature)
+    def distill_term(
+        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float
+    ) -> Tensor:
+        return kd_loss(student_logits, teacher_logits, temperature)

@@ -19,5 +19,7 @@ class LabelSmoothingParams(WeightedParams):
 class LabelSmoothingMethod(WeightedKDMethod):
     Params = LabelSmoothingParams
 
-    def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
-        return label_smoothing_kd(student_logits, teacher_logits, self.params.smoothing, self.temperature)
+    def distill_term(
+        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float
+    ) -> Tensor:
+        return label_smoothing_kd(student_logits, teacher_logits, self.params.smoothing, temperature)

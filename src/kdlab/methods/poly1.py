@@ -20,5 +20,7 @@ class Poly1Params(WeightedParams):
 class Poly1Method(WeightedKDMethod):
     Params = Poly1Params
 
-    def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
-        return poly1_kd(student_logits, teacher_logits, self.params.epsilon, self.temperature)
+    def distill_term(
+        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float
+    ) -> Tensor:
+        return poly1_kd(student_logits, teacher_logits, self.params.epsilon, temperature)

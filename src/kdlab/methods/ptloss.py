@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from kdlab.losses import EpsilonSelection, ptloss, select_ptloss_epsilon
 
-from .base import register
+from .base import SetupContext, register
 from .weighted import WeightedKDMethod, WeightedParams
 
 
@@ -56,11 +57,27 @@ class PTLossMethod(WeightedKDMethod):
         self.epsilon = selection.epsilon.float()
         return selection
 
+    def setup(self, ctx: SetupContext) -> None:
+        """``epsilon: auto``: the proxy-teacher selection on the validation split, written beside the run as
+        ptloss_selection.json and .png (every candidate and its scores)."""
+        if self.epsilon is not None:
+            return
+        selection = self.select(ctx.teacher_logits("val").cpu(), ctx.labels("val").cpu())
+
+        def plot(path: Path) -> None:
+            from kdlab.eval.selection_plot import plot_selection
+
+            plot_selection(selection, path)
+
+        ctx.write_report("ptloss_selection", selection.to_dict(), plot)
+
     def describe(self) -> str:
         chosen = "auto" if self.epsilon is None else [round(x, 4) for x in self.epsilon.flatten().tolist()]
         return f"ptloss(alpha={self.params.alpha}, beta={self.params.beta}, T={self.params.temperature}, eps={chosen})"
 
-    def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
+    def distill_term(
+        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float
+    ) -> Tensor:
         if self.epsilon is None:
-            raise RuntimeError("ptloss with epsilon: auto needs select() before training")
+            raise RuntimeError("ptloss with epsilon: auto needs setup() (or select()) before training")
         return ptloss(student_logits, teacher_logits, self.epsilon.to(student_logits.device), self.params.temperature)

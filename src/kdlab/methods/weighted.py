@@ -12,7 +12,7 @@ from torch import Tensor
 
 from kdlab.losses import cross_entropy
 
-from .base import Method, MethodParams, StepState
+from .base import Method, MethodParams, Outputs, StepState
 from .schedule import NonNegative, Positive, value_at
 
 
@@ -24,15 +24,13 @@ class WeightedParams(MethodParams):
 
 
 class WeightedKDMethod(Method):
-    """Subclasses implement ``distill_term`` (reading ``self.temperature``); the weights and CE part live here."""
+    """Subclasses implement ``distill_term`` at the temperature in effect; the weights and CE part live here."""
 
     Params = WeightedParams
 
-    def __init__(self, params: WeightedParams, num_classes: int) -> None:
-        super().__init__(params, num_classes)
-        self.temperature = value_at(params.temperature, 1, 1)
-
-    def distill_term(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
+    def distill_term(
+        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float
+    ) -> Tensor:
         raise NotImplementedError
 
     def current_values(self, state: StepState) -> dict[str, float]:
@@ -47,13 +45,15 @@ class WeightedKDMethod(Method):
         return values
 
     def compute(
-        self, batch: dict[str, Tensor], student_logits: Tensor, teacher_logits: Tensor | None, state: StepState
+        self, batch: dict[str, Tensor], student: Outputs, teacher: Outputs | None, state: StepState
     ) -> dict[str, Tensor]:
         values = self.current_values(state)
-        self.temperature = values["temperature"]
         terms: dict[str, Tensor] = {}
         if values["alpha"] > 0:
-            terms["ce"] = values["alpha"] * cross_entropy(student_logits, batch["y"])
+            terms["ce"] = values["alpha"] * cross_entropy(student.logits, batch["y"])
         if values["beta"] > 0:
-            terms[self.name] = values["beta"] * self.distill_term(student_logits, teacher_logits, batch["y"])
+            assert teacher is not None and teacher.logits is not None
+            terms[self.name] = values["beta"] * self.distill_term(
+                student.logits, teacher.logits, batch["y"], values["temperature"]
+            )
         return terms

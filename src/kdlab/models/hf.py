@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from kdlab.config import ConfigError
+from kdlab.errors import ConfigError
 from kdlab.quiet import preload_torchao
 
 NAME = "hf_causal_lm"
