@@ -130,7 +130,9 @@ def test_engine_fit_on_own_modules_trains_the_method_modules_and_saves_them_besi
         torch.testing.assert_close(saved[key], current[key])
     student_keys = set(load_file(str(tmp_path / "model.safetensors")))
     assert student_keys == set(student.state_dict())  # the student alone, no method module inside
-    assert len(feature_terms) == 8 and feature_terms[-1] < feature_terms[0]  # the feature term fell: the module is in the optimizer
+    assert (
+        len(feature_terms) == 8 and feature_terms[-1] < feature_terms[0]
+    )  # the feature term fell: the module is in the optimizer
 
 
 @pytest.mark.parametrize("name", ["fitnets", "vid"])

@@ -14,8 +14,8 @@ from kdlab.cli import main
 from kdlab.config import load_config
 from kdlab.data.text import load_text
 from kdlab.engine.lm import build_objective
-from kdlab.engine.loop import StepInfo
 from kdlab.engine.lm_teacher import CachedTeacher, LiveTeacher, cache_fingerprints
+from kdlab.engine.loop import StepInfo
 from kdlab.engine.sparse_logit_cache import SparseLogitCache
 from kdlab.models.hf import HiddenStates, load_pretrained
 
@@ -367,7 +367,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(corpus, teacher_run, one
     assert steps_per_epoch > 4
 
     def crash(info: StepInfo) -> None:  # the same callback contract as the classification task
-        if info.global_step == steps_per_epoch + 5:  # one step after epoch 2's first checkpoint (at steps_per_epoch + 4 or so)
+        if (
+            info.global_step == steps_per_epoch + 5
+        ):  # one step after epoch 2's first checkpoint (at steps_per_epoch + 4 or so)
             raise RuntimeError("simulated crash")
 
     cfg = config(corpus, "crashed", teacher={"run": str(teacher_run)}, method={"name": "kd"}, train=train)
