@@ -29,11 +29,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment
 
-from kdlab.engine import cache_logits
-from kdlab.engine.chain import chain
-from kdlab.engine.sweep import sweep
+from kdlab.api import cache_logits
 from kdlab.eval.plots import save_png
 from kdlab.io import atomic_write_json, atomic_write_text
+from kdlab.workflow.chain import chain
+from kdlab.workflow.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"

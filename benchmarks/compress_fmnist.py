@@ -32,13 +32,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment
 
+from kdlab.api import train
 from kdlab.compress.recover import compress
 from kdlab.config import load_config
-from kdlab.engine import train
-from kdlab.engine.run import load_data, load_run_model
 from kdlab.eval.footprint import footprint
 from kdlab.eval.plots import save_png
 from kdlab.io import atomic_write_json, atomic_write_text
+from kdlab.tasks.classify import load_data, load_run_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SPARSITIES = (0.5, 0.75, 0.9)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from _env import environment
 
-from kdlab.engine import cache_logits, distill, train
+from kdlab.api import cache_logits, distill, train
 from kdlab.engine.metrics_log import read_metrics
 from kdlab.eval.plots import save_png
 from kdlab.io import atomic_write_json, atomic_write_text

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment
 
-from kdlab.engine import cache_logits, distill, train
+from kdlab.api import cache_logits, distill, train
 from kdlab.io import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]

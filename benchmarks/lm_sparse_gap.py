@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment
 
 from kdlab.config import load_config
-from kdlab.engine.lm import load_lm_data
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.losses.sparse_teacher import sparse_teacher_from_logits, student_buckets, teacher_bucket_logits
 from kdlab.models.hf import load_pretrained
+from kdlab.tasks.causal_lm import load_lm_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # dense, rest bucket only, rest bucket + 16 or 54 tail samples (lm_stdlib.py --study tail-strong); rows not run are

@@ -46,13 +46,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment
 
+from kdlab.api import cache_logits, distill, train
 from kdlab.config import dump_config, load_config
 from kdlab.data.text import load_tokenizer, read_documents, train_bpe
-from kdlab.engine import cache_logits, distill, train
-from kdlab.engine.lm_cache import describe_cache
-from kdlab.engine.logit_cache import CacheError
-from kdlab.engine.sparse_logit_cache import SparseLogitCache, default_tail_samples
 from kdlab.io import atomic_write_json, atomic_write_text
+from kdlab.tasks.causal_lm_cache import describe_cache
+from kdlab.teacher.logit_cache import CacheError
+from kdlab.teacher.sparse_cache import SparseLogitCache, default_tail_samples
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXCLUDED = {"site-packages", "test", "tests", "idle_test"}

@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment
 
-from kdlab.engine import cache_logits, distill, train
+from kdlab.api import cache_logits, distill, train
 from kdlab.eval.plots import save_png
 from kdlab.io import atomic_write_json, atomic_write_text
 from kdlab.losses import sample_epsilons, select_ptloss_epsilon
@@ -139,7 +139,7 @@ def run_teacher(bench: Bench, teacher: Path, seed: int, grids: dict) -> dict:
     cache = bench.runs / teacher.name / f"logits-seed{seed}.safetensors"
     from safetensors import safe_open
 
-    from kdlab.engine.logit_cache import read_cache
+    from kdlab.teacher.logit_cache import read_cache
 
     with safe_open(str(cache), framework="pt") as handle:
         meta = handle.metadata()

@@ -11,14 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 from kdlab import models
+from kdlab.api import cache_logits, distill, train
 from kdlab.cli import main
 from kdlab.config import ConfigError, load_config
-from kdlab.engine import cache_logits, distill, train
-from kdlab.engine.chain import chain
-from kdlab.engine.logit_cache import read_cache
-from kdlab.engine.run import load_data
-from kdlab.engine.sweep import parse_grid, split_values, sweep
-from kdlab.engine.teacher import resolve_teacher
+from kdlab.tasks.classify import load_data
+from kdlab.teacher.logit_cache import read_cache
+from kdlab.teacher.source import resolve_teacher
+from kdlab.workflow.chain import chain
+from kdlab.workflow.sweep import parse_grid, split_values, sweep
 
 FAST = {"progress": False, "batch_size": 128, "optimizer": {"lr": 0.1}}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kdlab.engine import cache_logits, train
+from kdlab.api import cache_logits, train
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from kdlab import models
+from kdlab.api import evaluate, fit_model, train
 from kdlab.cli import main
 from kdlab.compress import (
     ReapplyMasks,
@@ -28,7 +29,6 @@ from kdlab.compress import (
 )
 from kdlab.compress.recover import compress
 from kdlab.config import ConfigError
-from kdlab.engine import evaluate, fit_model, train
 
 
 def _weights(model: torch.nn.Module) -> torch.Tensor:

@@ -64,7 +64,7 @@ def test_shipped_configs_validate():
     assert len(files) >= 6
     for path in files:
         if path.name.endswith("-chain.yaml"):  # a `kdlab chain` file: every stage must validate
-            from kdlab.engine.chain import stage_configs
+            from kdlab.workflow.chain import stage_configs
 
             assert len(stage_configs(path)) >= 2
             continue

@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kdlab.api import cache_logits, distill, evaluate, train
 from kdlab.config import ConfigError
-from kdlab.engine import CacheError, TrainingError, cache_logits, distill, evaluate, train
+from kdlab.engine import CacheError, TrainingError
 from kdlab.methods import Method, MethodParams, register
 
 FAST = {"progress": False, "batch_size": 64, "optimizer": {"lr": 0.05}}
@@ -121,7 +122,7 @@ def test_logit_cache_is_used_and_stale_ones_are_refused(tmp_path, teacher_run):
 
 
 def test_topk_cache_keeps_the_top_probabilities(tmp_path, teacher_run):
-    from kdlab.engine.logit_cache import decode, encode
+    from kdlab.teacher.logit_cache import decode, encode
 
     logits = torch.randn(5, 10) * 3
     dense = decode(encode(logits, topk=3), 10)
@@ -159,7 +160,7 @@ def test_evaluate_recomputes_the_summary_metrics(tmp_path, teacher_run):
 
 def test_a_student_on_another_split_than_its_teacher_is_warned_and_split_seed_shares_it(tmp_path, teacher_run):
     from kdlab.config import load_config
-    from kdlab.engine.run import load_data
+    from kdlab.tasks.classify import load_data
 
     cfg = {**student_cfg(tmp_path / "s", teacher_run, {"name": "kd"}, epochs=1), "seed": 1}
     with pytest.warns(UserWarning, match=r"split of seed 0, this run uses seed 1.*data.split_seed: 0"):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kdlab.api import train
 from kdlab.config import SchedulerConfig
-from kdlab.engine import train
 from kdlab.engine.batches import batch_indices, epoch_permutation
 from kdlab.engine.optim import lr_factor
 

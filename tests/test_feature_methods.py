@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from kdlab.api import distill, train
 from kdlab.config import OptimizerConfig, SchedulerConfig, TrainConfig
-from kdlab.engine import Splits, StepInfo, distill, fit, train
+from kdlab.engine import Splits, StepInfo, fit
 from kdlab.errors import ConfigError
 from kdlab.methods import Outputs, SetupContext, StepState, build
 

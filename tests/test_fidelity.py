@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdlab.api import distill, evaluate, train
 from kdlab.config import ConfigError
 from kdlab.data import gaussian_noise, mixup
-from kdlab.engine import distill, evaluate, train
 from kdlab.engine.supervised import train_eval_rows
 
 FAST = {"progress": False, "batch_size": 64, "optimizer": {"lr": 0.05}}

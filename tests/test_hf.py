@@ -14,7 +14,6 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from kdlab.engine.sparse_logit_cache import SparseLogitCache
 from kdlab.hf import (
     CausalLMCollator,
     DistillationTrainer,
@@ -24,6 +23,7 @@ from kdlab.hf import (
     prepare_teacher,
     write_teacher_cache,
 )
+from kdlab.teacher.sparse_cache import SparseLogitCache
 
 VOCAB = 97
 
@@ -139,8 +139,8 @@ def test_sparse_cache_with_k_equal_to_vocabulary_gives_the_dense_loss(models, tm
 
 def test_the_teacher_fingerprint_covers_the_weights(tmp_path):
     """Same architecture, other weights: another teacher, whose cache is refused."""
-    from kdlab.engine.logit_cache import CacheError
     from kdlab.hf.cache import data_fingerprint, teacher_fingerprint
+    from kdlab.teacher.logit_cache import CacheError
 
     a, b = tiny_llama(16, seed=3), tiny_llama(16, seed=4)
     assert teacher_fingerprint(a) == teacher_fingerprint(tiny_llama(16, seed=3))

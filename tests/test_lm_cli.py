@@ -13,11 +13,11 @@ import torch
 from kdlab.cli import main
 from kdlab.config import load_config
 from kdlab.data.text import load_text
-from kdlab.engine.lm import build_objective
-from kdlab.engine.lm_teacher import CachedTeacher, LiveTeacher, cache_fingerprints
 from kdlab.engine.loop import StepInfo
-from kdlab.engine.sparse_logit_cache import SparseLogitCache
 from kdlab.models.hf import HiddenStates, load_pretrained
+from kdlab.tasks.causal_lm import build_objective
+from kdlab.teacher.lm import CachedTeacher, LiveTeacher, cache_fingerprints
+from kdlab.teacher.sparse_cache import SparseLogitCache
 
 BLOCK = 32
 TINY = {
@@ -107,7 +107,7 @@ def config(root: Path, out: str, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def teacher_run(corpus, one_thread) -> Path:
-    from kdlab.engine import train
+    from kdlab.api import train
 
     train(config(corpus, "teacher"))
     return corpus / "teacher"
@@ -280,7 +280,7 @@ def test_kdlab_and_the_image_tasks_do_not_import_transformers():
     import subprocess
 
     code = (
-        "import sys, kdlab, kdlab.cli, kdlab.engine.run, kdlab.engine.loop, kdlab.data, kdlab.models, kdlab.losses, "
+        "import sys, kdlab, kdlab.cli, kdlab.api, kdlab.engine.loop, kdlab.data, kdlab.models, kdlab.losses, "
         "kdlab.methods; assert 'transformers' not in sys.modules, 'transformers imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -291,7 +291,7 @@ def test_gradient_accumulation_is_exact(corpus, one_thread):
     """2 micro-batches of 8 blocks = 1 batch of 16: each micro-batch is divided by the window's target tokens."""
     from safetensors.torch import load_file
 
-    from kdlab.engine import train
+    from kdlab.api import train
 
     weights = []
     for batch, accum in ((16, 1), (8, 2)):
@@ -326,7 +326,7 @@ def test_distilling_from_a_k_equal_vocabulary_cache_trains_the_live_teachers_stu
     """
     from safetensors.torch import load_file
 
-    from kdlab.engine import cache_logits, distill
+    from kdlab.api import cache_logits, distill
 
     cache_dir = corpus / "kV"
     cache_logits(
@@ -357,7 +357,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(corpus, teacher_run, one
     uninterrupted run, and no duplicated metrics lines."""
     from safetensors.torch import load_file
 
-    from kdlab.engine import distill
+    from kdlab.api import distill
 
     train = {"epochs": 2, "checkpoint_every_steps": 4, "log_every_steps": 2}
     straight = distill(

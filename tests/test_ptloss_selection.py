@@ -70,7 +70,7 @@ def test_bad_selection_arguments():
 
 
 def test_distill_with_auto_epsilon_and_the_select_command(tmp_path):
-    from kdlab.engine import distill, train
+    from kdlab.api import distill, train
 
     teacher = tmp_path / "teacher"
     base = {"data": {"name": "digits"}, "train": {"epochs": 2, "progress": False}}

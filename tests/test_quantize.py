@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from test_compress import TRAIN, assert_one_line_error
 
 from kdlab import models
+from kdlab.api import evaluate
 from kdlab.cli import main
 from kdlab.compress.export import export_onnx, onnx_predict
 from kdlab.compress.quantize import (
@@ -30,7 +31,6 @@ from kdlab.compress.quantize import (
 )
 from kdlab.compress.recover import compress
 from kdlab.data import load_dataset
-from kdlab.engine import evaluate
 from kdlab.losses import kd_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from kdlab.api import distill, train
 from kdlab.cli import app, main
-from kdlab.engine import distill, train
 from kdlab.eval import plots
 
 FAST = {"progress": False, "batch_size": 64, "optimizer": {"lr": 0.05}}

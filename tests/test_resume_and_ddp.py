@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kdlab.engine import distill, train
+from kdlab.api import distill, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
     cfg = _student(tmp_path / "killed", teacher)
     script = textwrap.dedent(f"""
         import os, signal
-        from kdlab.engine import distill
+        from kdlab.api import distill
         def kill(info):
             if info.global_step == 7:  # mid-epoch, one step after the checkpoint of step 6
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -142,7 +142,7 @@ def test_bf16_teacher_returns_float32_close_to_fp32():
 
 def _switch_run(tmp_path, name: str, teacher_extra: dict, train_extra: dict) -> dict:
     from kdlab import models
-    from kdlab.engine import distill
+    from kdlab.api import distill
     from kdlab.engine.checkpoint import save_weights
 
     weights = tmp_path / "teacher.safetensors"

@@ -11,8 +11,8 @@ import torch
 from test_fused_linear import EPS5
 from test_sparse_teacher import V, student, value_and_grads
 
-from kdlab.engine.sparse_logit_cache import SparseLogitCache, write_sparse_cache
 from kdlab.losses import SparseTeacher, fused_linear_distill, sparse_teacher_from_logits
+from kdlab.teacher.sparse_cache import SparseLogitCache, write_sparse_cache
 
 
 def with_tail(sparse: SparseTeacher, samples: list[list[int]], q: torch.Tensor) -> SparseTeacher:

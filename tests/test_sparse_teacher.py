@@ -9,8 +9,9 @@ import pytest
 import torch
 from test_fused_linear import EPS5, reference_rows
 
-from kdlab.engine.logit_cache import CacheError
-from kdlab.engine.sparse_logit_cache import (
+from kdlab.losses import SparseTeacher, fused_linear_distill, sparse_teacher_from_logits
+from kdlab.teacher.logit_cache import CacheError
+from kdlab.teacher.sparse_cache import (
     SparseLogitCache,
     decode_indices,
     default_tail_samples,
@@ -18,7 +19,6 @@ from kdlab.engine.sparse_logit_cache import (
     token_bytes,
     write_sparse_cache,
 )
-from kdlab.losses import SparseTeacher, fused_linear_distill, sparse_teacher_from_logits
 
 V, H = 40, 6
 LOSSES = [("kd", None), ("ptloss", [0.7]), ("ptloss", EPS5), ("reverse_kl", None), ("jsd", None)]

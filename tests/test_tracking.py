@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kdlab.engine import train
+from kdlab.api import train
 
 
 def test_tensorboard_and_mlflow_get_the_epoch_metrics(tmp_path, monkeypatch):

@@ -1,10 +1,24 @@
-"""kdlab: knowledge distillation for PyTorch, with exact losses and honest benchmarks."""
+"""kdlab: knowledge distillation for PyTorch, with exact losses and honest benchmarks.
 
+``kdlab.train``, ``kdlab.distill``, ``kdlab.evaluate``, ... are ``kdlab.api``'s commands, imported on first use
+so that ``import kdlab`` (and ``kdlab --help``) stays light.
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("kdlab")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+local"
 
-__all__ = ["__version__"]
+_API = ("train", "distill", "fit_model", "evaluate", "cache_logits", "select_ptloss")
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(import_module("kdlab.api"), name)
+    raise AttributeError(f"module 'kdlab' has no attribute {name!r}")

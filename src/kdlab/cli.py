@@ -94,16 +94,13 @@ def summary_table(rows: list[dict], title: str) -> Table:
     return table
 
 
-def _print_lm_line(summary: dict) -> None:
-    """task: causal_lm: the language-model numbers the classification table has no column for."""
-    if summary.get("task") != "causal_lm":
-        return
-    parts = []
-    for split in ("val", "test"):
-        m = summary[split]
-        agree = f", agreement {m['agreement']:.4f}" if "agreement" in m else ""
-        parts.append(f"{split} perplexity {m['perplexity']:.3f}, token accuracy {m['accuracy']:.4f}{agree}")
-    console.print("; ".join(parts) + f" ({summary['tokens_per_second']:.0f} tokens/s)")
+def _print_task_line(summary: dict) -> None:
+    """The task's own numbers that the classification table has no column for (a language model's perplexity)."""
+    from kdlab.api import summary_line
+
+    line = summary_line(summary)
+    if line:
+        console.print(line)
 
 
 @app.command("losses")
@@ -140,36 +137,36 @@ def methods_command() -> None:
 @app.command("train")
 def train_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool = RESUME, overwrite: bool = OVERWRITE):
     """Train a model with cross-entropy (e.g. a teacher)."""
-    from kdlab.engine import train
+    from kdlab.api import train
 
     summary = train(config, set_, resume=resume, overwrite=overwrite)
     if _main_process():
         console.print(summary_table([summary], f"trained: {summary['name']}"))
-        _print_lm_line(summary)
+        _print_task_line(summary)
 
 
 @app.command("distill")
 def distill_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool = RESUME, overwrite: bool = OVERWRITE):
     """Distil a student from a teacher with the config's method."""
-    from kdlab.engine import distill
+    from kdlab.api import distill
 
     summary = distill(config, set_, resume=resume, overwrite=overwrite)
     if _main_process():
         console.print(summary_table([summary], f"distilled: {summary['name']}"))
-        _print_lm_line(summary)
+        _print_task_line(summary)
 
 
 @app.command("cache-logits")
 def cache_logits_command(config: Path = CONFIG, set_: list[str] = SET):
     """Run the teacher once over the data and store its logits for later distillation runs."""
-    from kdlab.engine import cache_logits
+    from kdlab.api import cache_logits, describe_cache
+    from kdlab.config import load_config
 
     path = cache_logits(config, set_)
     console.print(f"teacher logits cached in {path}")
-    if path.is_dir():  # task: causal_lm
-        from kdlab.engine.lm_cache import describe_cache
-
-        console.print(describe_cache(path))
+    line = describe_cache(load_config(config, set_), path)
+    if line:
+        console.print(line)
 
 
 @app.command("select-ptloss")
@@ -180,7 +177,7 @@ def select_ptloss_command(
     top: int = typer.Option(10, min=1, help="Rows of the table."),
 ):
     """Choose PTLoss's epsilon through the proxy teacher on the validation split (no student training)."""
-    from kdlab.engine import select_ptloss
+    from kdlab.api import select_ptloss
 
     selection, out = select_ptloss(config, set_, output)
     table = Table(title=f"PTLoss epsilon candidates, best first (score: {selection.metric}, T={selection.temperature})")
@@ -208,7 +205,7 @@ def chain_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Re-run every stage."),
 ):
     """Distil through a sequence of models (teacher → assistant(s) → student); finished stages are skipped."""
-    from kdlab.engine.chain import chain
+    from kdlab.workflow.chain import chain
 
     def announce(index: int, cfg, action: str) -> None:
         verb = {"skip": "finished before, skipped", "resume": "resuming", "fresh": "running", "overwrite": "re-running"}
@@ -228,7 +225,7 @@ def sweep_command(
     overwrite: bool = OVERWRITE,
 ):
     """Run a grid of configs, one run directory each, then one table and plot; finished runs are skipped."""
-    from kdlab.engine.sweep import parse_grid, sweep
+    from kdlab.workflow.sweep import parse_grid, sweep
 
     result = sweep(config, parse_grid(grid), set_, root=out, jobs=jobs, overwrite=overwrite)
     rows = [{**p.summary, "name": p.name} for p in result.points if p.summary is not None]
@@ -244,7 +241,7 @@ def evaluate_command(
     """Metrics of a finished run on train, val and test (accuracy, NLL, ECE, fidelity to the teacher) and its
     footprint (bytes on disk, parameters, non-zeros, CPU latency at batch 1 and 256); written into its
     summary.json (under "evaluation") and evaluation.json, plots into RUN_DIR/plots/."""
-    from kdlab.engine import evaluate
+    from kdlab.api import evaluate
     from kdlab.eval.plots import write_run_plots
     from kdlab.eval.report import load_run
 
@@ -301,7 +298,7 @@ def report_command(
     reevaluate: bool = typer.Option(False, "--reevaluate", help="Run `evaluate` again even where it was run."),
 ):
     """One self-contained HTML file comparing runs: configs, a table and plots (runs `evaluate` where needed)."""
-    from kdlab.engine import evaluate
+    from kdlab.api import evaluate
     from kdlab.eval.report import load_run, write_report
 
     for run_dir in run_dirs:  # check every directory first: a bad one leaves nothing written

@@ -191,7 +191,7 @@ class RunConfig(_Strict):
     name: str = "run"
     out: str = "runs/run"
     seed: int = 0
-    # classify: images/tabular rows → classes (kdlab.engine.run); causal_lm: next-token prediction (kdlab.engine.lm)
+    # classify: images/tabular rows → classes; causal_lm: next-token prediction (kdlab.tasks.<name>)
     task: Literal["classify", "causal_lm"] = "classify"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

@@ -100,7 +100,7 @@ def run_demo(out, console: Console, seed: int = 0) -> list[dict[str, object]]:
     """Teacher (CNN) then CE, KD and PTLoss students (MLP) on digits; returns the four run summaries."""
     from pathlib import Path
 
-    from kdlab.engine import distill, train
+    from kdlab.api import distill, train
 
     out = Path(out)
     base = {"seed": seed, "data": {"name": "digits"}}

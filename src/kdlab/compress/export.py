@@ -126,8 +126,8 @@ def export_run(
     and 256 (``onnx_latency_ms``).
     """
     from kdlab.config import load_config
-    from kdlab.engine.run import load_data, load_run_model
     from kdlab.errors import ConfigError
+    from kdlab.tasks.classify import load_data, load_run_model
 
     run = Path(run_dir)
     name = "model-float" if float_model and (run / "model-float.safetensors").is_file() else "model"

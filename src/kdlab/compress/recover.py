@@ -19,13 +19,15 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 import kdlab
+from kdlab.api import fit_model
 from kdlab.config import RunConfig, dump_config, load_config
-from kdlab.engine.run import SUMMARY, build_student, fit_model, load_data
+from kdlab.engine.rundir import SUMMARY
 from kdlab.errors import ConfigError
 from kdlab.eval.metrics import classification_metrics
 from kdlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from kdlab.methods import build as build_method
 from kdlab.models import count_parameters
+from kdlab.tasks.classify import build_student, load_data
 
 from .channels import forward_macs, structured_prune, structured_widths
 from .prune import ReapplyMasks, global_magnitude_prune, sparsity_report, step_targets

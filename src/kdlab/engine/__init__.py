@@ -1,10 +1,13 @@
-"""The training engine: the loop (``fit``) and one call per command (``train``, ``distill``, ...)."""
+"""The training engine: the one loop (``loop.run_loop``), the in-memory tensor step and ``fit`` for a user's own
+modules (``supervised``), checkpoints, the run directory (``rundir``) and the speed switches.
+
+The commands (``train``, ``distill``, ``evaluate``, ...) live in ``kdlab.api`` (also ``kdlab.train``, ...).
+"""
 
 from kdlab.errors import CacheError, TrainingError
 
 from .loop import StepInfo
 from .processes import end_process_group
-from .run import cache_logits, distill, evaluate, fit_model, select_ptloss, train
 from .speed import fast_student, fast_teacher
 from .supervised import FitResult, Splits, fit
 
@@ -14,14 +17,8 @@ __all__ = [
     "Splits",
     "StepInfo",
     "TrainingError",
-    "cache_logits",
-    "distill",
     "end_process_group",
-    "evaluate",
     "fast_student",
     "fast_teacher",
     "fit",
-    "fit_model",
-    "select_ptloss",
-    "train",
 ]

@@ -1,6 +1,6 @@
 """A teacher's top-k logits cached once per example, and the rows of one batch read back from the cache.
 
-Layout (on top of ``kdlab.engine.sparse_logit_cache``): examples are stored in dataset order, one row per
+Layout (on top of ``kdlab.teacher.sparse_cache``): examples are stored in dataset order, one row per
 *real* token of each example (attention mask 1), the teacher's prediction at that position. Example i's
 rows start at ``cache_offset`` = the sum of the lengths of examples 0..i-1 (``cache_offsets``); each batch
 carries that number in a ``cache_offset`` column, so any shuffling, padding or sharding across processes
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kdlab.engine.sparse_logit_cache import SparseLogitCache, default_tail_samples, write_sparse_cache
 from kdlab.losses import SparseTeacher, sparse_teacher_from_logits
+from kdlab.teacher.sparse_cache import SparseLogitCache, default_tail_samples, write_sparse_cache
 
 CACHE_COLUMN = "cache_offset"
 

@@ -21,9 +21,9 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
-from kdlab.engine.sparse_logit_cache import SparseLogitCache
 from kdlab.losses import SparseTeacher, fused_linear_distill
 from kdlab.losses.sparse_teacher import tail_samples_serve
+from kdlab.teacher.sparse_cache import SparseLogitCache
 
 from .cache import CACHE_COLUMN, sparse_teacher_for_batch
 from .method import DistillMethod

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from transformers import Trainer
 
 from kdlab.config import MethodConfig
-from kdlab.engine.sparse_logit_cache import SparseLogitCache, warn_unused_tail_samples
 from kdlab.losses.sparse_teacher import tail_samples_serve
+from kdlab.teacher.sparse_cache import SparseLogitCache, warn_unused_tail_samples
 
 from .cache import CACHE_COLUMN
 from .loss import check_same_tokenizer, compute_distillation, count_target_tokens, output_head, prepare_teacher

@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 import yaml
 
+from kdlab import api, tasks
 from kdlab.config import RunConfig
+from kdlab.engine.checkpoint import latest_checkpoint
+from kdlab.engine.rundir import SUMMARY
 from kdlab.errors import ConfigError
-
-from .checkpoint import latest_checkpoint
-from .run import SUMMARY, _run
 
 Action = Literal["skip", "resume", "fresh", "overwrite"]
 
@@ -55,11 +55,9 @@ def plan(cfg: RunConfig, *, overwrite: bool = False) -> Action:
 
 def check_method(cfg: RunConfig) -> None:
     """Validate the method's parameters now (before a chain or sweep runs anything), as the run would."""
-    from kdlab.methods import build
-
     if cfg.teacher is None and cfg.method.name != "ce":
         raise ConfigError(f"method {cfg.method.name!r} needs a 'teacher' section (without one the run trains with CE)")
-    build(cfg.method.name, cfg.method.params(), 2)
+    tasks.get(cfg.task).check(cfg)
 
 
 def read_summary(out: Path) -> dict[str, Any]:
@@ -71,5 +69,6 @@ def run_or_skip(cfg: RunConfig, *, distilling: bool, overwrite: bool = False) ->
     action = plan(cfg, overwrite=overwrite)
     if action == "skip":
         return read_summary(Path(cfg.out)), action
-    summary = _run(cfg, distilling=distilling, resume=action == "resume", overwrite=action == "overwrite")
+    run = api.distill if distilling else api.train
+    summary = run(cfg, resume=action == "resume", overwrite=action == "overwrite")
     return summary, action

@@ -1,16 +1,12 @@
-"""One call per command: ``train``, ``distill``, ``cache_logits``, ``evaluate`` (what the CLI and users call).
+"""``task: classify``: tensors → classes (images, tabular rows); the default task.
 
-Each takes a config (YAML path, dict or ``RunConfig``) and writes the run directory of DESIGN §3.4:
-config.yaml (resolved), metrics.jsonl, checkpoints/, model.safetensors and, last, summary.json — a run
-directory is complete exactly when summary.json exists.
+Data from ``kdlab.data`` (digits, IDX, CIFAR, npz, CSV, ...), models from the zoo, a live teacher or its logit
+cache (``kdlab.teacher``), the engine's in-memory tensor step (``kdlab.engine.supervised``) and one loop.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import platform
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -18,25 +14,32 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from torch import nn
 
-import kdlab
 from kdlab import models
-from kdlab.config import RunConfig, dump_config, load_config
-from kdlab.errors import ConfigError
-from kdlab.io import atomic_write_json, atomic_write_text
+from kdlab.config import RunConfig, dump_config
+from kdlab.engine.predict import predict
+from kdlab.engine.rundir import (
+    new_accelerator,
+    prepare_out,
+    run_accelerator,
+    start_trackers,
+    use_cpu,
+    versions,
+    write_selection,
+    write_summary,
+)
+from kdlab.engine.speed import fast_teacher
+from kdlab.engine.supervised import fit
+from kdlab.errors import CacheError, ConfigError
+from kdlab.io import atomic_write_text
 from kdlab.losses import proxy_teacher
 from kdlab.methods import build as build_method
+from kdlab.teacher.logit_cache import read_cache, write_cache
+from kdlab.teacher.source import load_teacher, resolve_teacher
 
-from .logit_cache import CacheError, read_cache, write_cache
-from .predict import predict
-from .speed import fast_teacher
-from .supervised import fit
-from .teacher import load_teacher, resolve_teacher
-
-SUMMARY = "summary.json"
+from .base import Task, register
 
 
 def load_data(cfg: RunConfig):
@@ -79,49 +82,7 @@ def build_student(cfg: RunConfig, data) -> nn.Module:
     return models.create(cfg.model.name, data.num_classes, tuple(data.in_shape), **cfg.model.kwargs)
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool, acc: Accelerator) -> None:
-    if acc.is_main_process:
-        if out.exists() and any(out.iterdir()) and not resume:
-            if not overwrite:
-                state = "a finished run" if (out / SUMMARY).exists() else "an unfinished run (use --resume)"
-                raise ConfigError(f"run directory {out} already holds {state}; pass --overwrite or choose another out")
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / SUMMARY).unlink(missing_ok=True)
-    acc.wait_for_everyone()
-
-
-def _use_cpu(cfg: RunConfig) -> bool:
-    """CPU when asked or when there is no GPU; Accelerate then runs torchrun's processes with gloo."""
-    return cfg.train.cpu or not torch.cuda.is_available()
-
-
-def _accelerator(cfg: RunConfig, out: Path) -> Accelerator:
-    trackers = [name for name, on in (("tensorboard", cfg.tracking.tensorboard), ("mlflow", cfg.tracking.mlflow)) if on]
-    for name in trackers:
-        if importlib.util.find_spec(name) is None:
-            raise ConfigError(f"tracking.{name} needs the tracking extra: pip install 'kdlab[tracking]'")
-    if cfg.tracking.mlflow:  # a local sqlite store in the run directory unless told otherwise
-        import os
-
-        import mlflow
-
-        default = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out.resolve()}/mlflow.db"
-        mlflow.set_tracking_uri(cfg.tracking.mlflow_uri or default)
-    return _new_accelerator(
-        cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision, log_with=trackers or None, project_dir=str(out)
-    )
-
-
-def _new_accelerator(**kwargs) -> Accelerator:
-    """A fresh Accelerator per run: Accelerate keeps one global state per process (mixed precision, ...),
-    which would make a second run in the same Python process with other settings fail. The process
-    group (torchrun/accelerate launch) is kept."""
-    AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(**kwargs)
-
-
-def _teacher_and_cache(cfg: RunConfig, data, needs_features: bool = False) -> tuple[nn.Module | None, dict | None, str]:
+def teacher_and_cache(cfg: RunConfig, data, needs_features: bool = False) -> tuple[nn.Module | None, dict | None, str]:
     """The live teacher, or cached logits when a valid cache exists, augmentation is off and the method needs
     no teacher features."""
     source = resolve_teacher(cfg.teacher)
@@ -148,7 +109,7 @@ def _cache_file(cfg: RunConfig, source, data) -> Path:
     return source.directory / f"logits-{data.fingerprint[:16]}{source.tag}.safetensors"
 
 
-def _run(
+def run_classify(
     cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, callbacks=None, student: nn.Module | None = None
 ) -> dict[str, Any]:
     """One training run; ``student``: start from this model (e.g. a pruned one) instead of a fresh ``cfg.model``."""
@@ -165,20 +126,19 @@ def _run(
     method = build_method(method_cfg.name, method_cfg.params(), data.num_classes)
     if student is not None:
         _check_describes(cfg, data, student)
-    acc = _accelerator(cfg, out)
+    acc = run_accelerator(cfg.train, cfg.tracking, out)
     teacher, cached, teacher_desc = (None, None, None)
     if distilling and method.needs_teacher:  # before touching `out`: a bad teacher leaves nothing behind
-        teacher, cached, teacher_desc = _teacher_and_cache(cfg, data, bool(method.requires().teacher_features))
+        teacher, cached, teacher_desc = teacher_and_cache(cfg, data, bool(method.requires().teacher_features))
         if teacher is not None:
             t = cfg.teacher
             teacher = fast_teacher(teacher, channels_last=t.channels_last, precision=t.precision, compile=t.compile)
-    _prepare_out(out, resume, overwrite, acc)
+    prepare_out(out, resume, overwrite, acc)
     if acc.is_main_process:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
     torch.manual_seed(cfg.seed)
     student = build_student(cfg, data) if student is None else student
-    if acc.trackers is not None and (cfg.tracking.tensorboard or cfg.tracking.mlflow):
-        acc.init_trackers(cfg.name, config=_flat(cfg.model_dump(mode="json")))
+    start_trackers(acc, cfg.tracking, cfg.name, cfg.model_dump(mode="json"))
     result = fit(
         student,
         data,
@@ -220,12 +180,9 @@ def _run(
             "val": len(data.y_val),
             "test": len(data.y_test),
         },
-        "versions": {"kdlab": kdlab.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": versions(),
     }
-    if acc.is_main_process:
-        atomic_write_json(out / SUMMARY, summary)
-    if acc.trackers:
-        acc.end_training()
+    write_summary(out, summary, acc)
     return summary
 
 
@@ -250,115 +207,25 @@ def _select_epsilon(method, teacher, cached, data, acc: Accelerator, cfg: RunCon
     return method.select(val_logits.cpu(), data.y_val)
 
 
-def write_selection(out: Path, selection, acc: Accelerator) -> tuple[Path, Path]:
-    """ptloss_selection.json (every candidate and its scores) and ptloss_selection.png, on rank 0."""
-    from kdlab.eval.selection_plot import plot_selection
-
-    json_path, png_path = out / "ptloss_selection.json", out / "ptloss_selection.png"
-    if acc.is_main_process:
-        atomic_write_json(json_path, selection.to_dict())
-        plot_selection(selection, png_path)
-    return json_path, png_path
-
-
-def select_ptloss(config, overrides: list[str] | None = None, output: str | Path | None = None):
-    """``kdlab select-ptloss``: choose ptloss's epsilon for the config's teacher and data; returns the selection.
-
-    The config's ``method`` must be ptloss (its candidates/order/per_class/scale/selection_seed/
-    selection_metric are used; epsilon is treated as auto). Files go to ``output`` (default:
-    ``<out>-ptloss-selection/``) so that the run directory itself stays free for ``distill``.
-    """
-    cfg = load_config(config, overrides)
-    if cfg.method.name != "ptloss":
-        raise ConfigError(f"select-ptloss needs method.name: ptloss, got {cfg.method.name!r}")
-    if cfg.teacher is None:
-        raise ConfigError("select-ptloss needs a 'teacher' section")
-    if cfg.task == "causal_lm":
-        from .lm import select_ptloss_lm
-
-        return select_ptloss_lm(cfg, Path(output) if output else None)
+def select_ptloss_classify(cfg: RunConfig, output: Path | None):
+    """``kdlab select-ptloss``: the proxy-teacher selection a ptloss run with ``epsilon: auto`` would make."""
     params = {**cfg.method.params(), "epsilon": "auto"}
     data = load_data(cfg)
     method = build_method("ptloss", params, data.num_classes)
-    acc = _new_accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
-    teacher, cached, _ = _teacher_and_cache(cfg, data)
+    acc = new_accelerator(cpu=use_cpu(cfg.train), mixed_precision=cfg.train.mixed_precision)
+    teacher, cached, _ = teacher_and_cache(cfg, data)
     selection = _select_epsilon(method, teacher, cached, data, acc, cfg)
-    out = Path(output) if output else Path(f"{cfg.out}-ptloss-selection")
+    out = output or Path(f"{cfg.out}-ptloss-selection")
     write_selection(out, selection, acc)
     return selection, out
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{name}."))
-        else:
-            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
-    return flat
-
-
-def train(
-    config, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False, callbacks=None
-) -> dict:
-    """Train ``config.model`` with cross-entropy (e.g. a teacher); returns the run's summary."""
-    cfg = load_config(config, overrides)
-    if cfg.task == "causal_lm":
-        from .lm import run_lm
-
-        return run_lm(cfg, distilling=False, resume=resume, overwrite=overwrite, callbacks=callbacks)
-    return _run(cfg, distilling=False, resume=resume, overwrite=overwrite, callbacks=callbacks)
-
-
-def distill(
-    config, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False, callbacks=None
-) -> dict:
-    """Train ``config.model`` from ``config.teacher`` with ``config.method``; returns the run's summary.
-
-    ``callbacks``: callables receiving a ``StepInfo`` after every optimizer step.
-    """
-    cfg = load_config(config, overrides)
-    if cfg.task == "causal_lm":
-        from .lm import run_lm
-
-        return run_lm(cfg, distilling=True, resume=resume, overwrite=overwrite, callbacks=callbacks)
-    return _run(cfg, distilling=True, resume=resume, overwrite=overwrite, callbacks=callbacks)
-
-
-def fit_model(
-    config,
-    model: nn.Module,
-    overrides: list[str] | None = None,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    callbacks=None,
-) -> dict:
-    """Train this given ``model`` (e.g. a pruned one) with ``config``, starting from its current weights.
-
-    ``method: ce`` fine-tunes with cross-entropy, any other method distils from ``config.teacher``. ``config.model``
-    must describe ``model`` (same parameter names and shapes: a ``ConfigError`` otherwise) so that the run
-    directory's config.yaml reloads it for ``kdlab evaluate`` and ``teacher.run``. Returns the run's summary.
-    """
-    cfg = load_config(config, overrides)
-    distilling = cfg.method.name != "ce"
-    return _run(cfg, distilling=distilling, resume=resume, overwrite=overwrite, callbacks=callbacks, student=model)
-
-
-def cache_logits(config, overrides: list[str] | None = None) -> Path:
+def cache_logits_classify(cfg: RunConfig) -> Path:
     """Run the teacher once over train/val/test and store its logits next to it (or at cache.path)."""
-    cfg = load_config(config, overrides)
-    if cfg.teacher is None:
-        raise ConfigError("cache-logits needs a 'teacher' section")
-    if cfg.task == "causal_lm":  # a directory of sharded top-k caches, one per split
-        from .lm_cache import cache_logits_lm
-
-        return cache_logits_lm(cfg)
     data = load_data(cfg)
     source = resolve_teacher(cfg.teacher)
     teacher = load_teacher(source, data.num_classes, tuple(data.in_shape))
-    acc = _new_accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
+    acc = new_accelerator(cpu=use_cpu(cfg.train), mixed_precision=cfg.train.mixed_precision)
     teacher = teacher.to(acc.device)
     splits = {
         split: predict(teacher, getattr(data, f"x_{split}"), data.num_classes, cfg.train.eval_batch_size, acc)
@@ -371,31 +238,21 @@ def cache_logits(config, overrides: list[str] | None = None) -> Path:
     return path
 
 
-def evaluate(
-    run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "test"), *, latency: bool = True
-) -> dict[str, Any]:
+def evaluate_classify(run: Path, cfg: RunConfig, splits: tuple[str, ...], latency: bool) -> dict[str, Any]:
     """Metrics of a finished run's model on every split: accuracy, NLL, ECE (+ reliability curve), confusion
     matrices, and — with the run's teacher — top-1 agreement and KL(teacher ‖ student); for ptloss runs also
     the fidelity to the proxy teacher; its ``footprint`` (file size, parameters, non-zeros, CPU latency at batch
-    1 and 256 unless ``latency=False``). Written to evaluation.json and, under "evaluation", into summary.json."""
+    1 and 256 unless ``latency=False``)."""
     from kdlab.eval import full_evaluation
     from kdlab.eval.footprint import footprint
 
-    run = Path(run_dir)
-    if not (run / "config.yaml").is_file() or not (run / "model.safetensors").is_file():
-        raise ConfigError(f"{run} is not a finished kdlab run directory (config.yaml and model.safetensors needed)")
-    cfg = load_config(run / "config.yaml")
-    if cfg.task == "causal_lm":
-        from .lm import evaluate_lm_run
-
-        return _write_evaluation(run, evaluate_lm_run(run, cfg, splits, latency))
     data = load_data(cfg)
     student = load_run_model(cfg, data, run / "model.safetensors")
-    acc = _new_accelerator(cpu=True)
+    acc = new_accelerator(cpu=True)
     teacher, cached = None, None
     if cfg.teacher is not None:
         try:
-            teacher, cached, _ = _teacher_and_cache(cfg, data)
+            teacher, cached, _ = teacher_and_cache(cfg, data)
         except (ConfigError, CacheError):
             teacher, cached = None, None
     if teacher is not None:
@@ -422,17 +279,6 @@ def evaluate(
     result["parameters"] = models.count_parameters(student)
     result["teacher"] = cfg.teacher is not None and (teacher is not None or cached is not None)
     result["footprint"] = footprint(student, data.x_test[:1], files=[run / "model.safetensors"], latency=latency)
-    return _write_evaluation(run, result)
-
-
-def _write_evaluation(run: Path, result: dict[str, Any]) -> dict[str, Any]:
-    """evaluation.json, and the same under "evaluation" in summary.json."""
-    atomic_write_json(run / "evaluation.json", result)
-    summary_path = run / SUMMARY
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        summary["evaluation"] = result
-        atomic_write_json(summary_path, summary)
     return result
 
 
@@ -462,3 +308,25 @@ def _proxy_epsilon(cfg: RunConfig, run: Path, num_classes: int) -> torch.Tensor 
             return None
         epsilon = json.loads(selection.read_text())["epsilon"]
     return torch.tensor(epsilon, dtype=torch.float64)
+
+
+@register
+class ClassifyTask(Task):
+    name = "classify"
+
+    def run(self, cfg, *, distilling, resume, overwrite, callbacks=None, student=None):
+        return run_classify(
+            cfg, distilling=distilling, resume=resume, overwrite=overwrite, callbacks=callbacks, student=student
+        )
+
+    def evaluate(self, run, cfg, splits, latency):
+        return evaluate_classify(run, cfg, splits, latency)
+
+    def cache_logits(self, cfg):
+        return cache_logits_classify(cfg)
+
+    def select_ptloss(self, cfg, output):
+        return select_ptloss_classify(cfg, output)
+
+    def check(self, cfg):
+        build_method(cfg.method.name, cfg.method.params(), 2)

@@ -19,7 +19,7 @@ from kdlab.losses.sparse_teacher import SparseTeacher, tail_samples_serve, teach
 from kdlab.models.hf import HiddenStates, is_model_dir, load_pretrained, weights_digest
 
 from .logit_cache import CacheError
-from .sparse_logit_cache import SparseLogitCache, warn_unused_tail_samples
+from .sparse_cache import SparseLogitCache, warn_unused_tail_samples
 
 SPLITS = ("train", "val", "test")
 

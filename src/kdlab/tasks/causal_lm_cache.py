@@ -12,15 +12,15 @@ import torch
 from torch import Tensor
 
 from kdlab.config import RunConfig
+from kdlab.engine.loop import progress_bar
+from kdlab.engine.rundir import new_accelerator, use_cpu
 from kdlab.errors import ConfigError
 from kdlab.losses.sparse_teacher import SparseTeacher, sparse_teacher_from_logits
 from kdlab.models.hf import vocab_size
+from kdlab.teacher.lm import SPLITS, LiveTeacher, cache_directory, cache_fingerprints, teacher_directory
+from kdlab.teacher.sparse_cache import SparseLogitCache, default_tail_samples, write_sparse_cache
 
-from .lm import EVAL_LOGITS, load_lm_data
-from .lm_teacher import SPLITS, LiveTeacher, cache_directory, cache_fingerprints, teacher_directory
-from .loop import progress_bar
-from .run import _new_accelerator, _use_cpu
-from .sparse_logit_cache import SparseLogitCache, default_tail_samples, write_sparse_cache
+from .causal_lm import EVAL_LOGITS, load_lm_data
 
 
 @torch.no_grad()
@@ -29,7 +29,7 @@ def cache_logits_lm(cfg: RunConfig) -> Path:
     data = load_lm_data(cfg)
     directory = teacher_directory(cfg)
     k = cfg.cache.topk or 64
-    acc = _new_accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
+    acc = new_accelerator(cpu=use_cpu(cfg.train), mixed_precision=cfg.train.mixed_precision)
     teacher = LiveTeacher(directory, acc.device)
     vocab = vocab_size(teacher.net.model)
     if k > vocab:

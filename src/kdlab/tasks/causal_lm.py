@@ -1,4 +1,4 @@
-"""``task: causal_lm``: train, distil and cache the teacher of Hugging Face causal language models.
+"""``task: causal_lm``: train and distil Hugging Face causal language models (its cache: ``causal_lm_cache``).
 
 The same run directory as the classification task (config.yaml, metrics.jsonl, summary.json), with the
 model saved by ``save_pretrained`` (safetensors) into the run directory itself, so that a finished run
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -27,23 +26,32 @@ from accelerate import Accelerator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
-import kdlab
 from kdlab.config import RunConfig, dump_config
 from kdlab.data.text import TextSplits, load_text
+from kdlab.engine.loop import run_loop
+from kdlab.engine.rundir import (
+    new_accelerator,
+    prepare_out,
+    run_accelerator,
+    use_cpu,
+    versions,
+    write_selection,
+    write_summary,
+)
 from kdlab.errors import ConfigError
-from kdlab.io import atomic_write_json, atomic_write_text
+from kdlab.io import atomic_write_text
 from kdlab.losses import fused_linear_distill
 from kdlab.losses.sparse_teacher import SparseTeacher
 from kdlab.methods import Method, Outputs, StepState
 from kdlab.models import count_parameters
 from kdlab.models.hf import HiddenStates, build_causal_lm, load_pretrained, vocab_size
-
-from .lm_teacher import (
+from kdlab.teacher.lm import (
     SPLITS,
     resolve_lm_teacher,
 )
-from .logit_cache import CacheError
-from .loop import run_loop
+from kdlab.teacher.logit_cache import CacheError
+
+from .base import Task, register
 
 DIVERGENCES = ("kd", "ptloss", "reverse_kl", "jsd")
 EVAL_LOGITS = 1 << 24  # logits per evaluation batch (64 MB of float32)
@@ -174,11 +182,9 @@ def select_epsilon(p: LMMethodParams, teacher, val: Tensor):
 
 def select_ptloss_lm(cfg: RunConfig, output: Path | None) -> tuple[Any, Path]:
     """``kdlab select-ptloss`` for ``task: causal_lm``: the proxy-teacher selection a ptloss run would make."""
-    from .run import _new_accelerator, _use_cpu, write_selection
-
     objective = build_objective(cfg, distilling=True)
     data = load_lm_data(cfg)
-    acc = _new_accelerator(cpu=_use_cpu(cfg), mixed_precision=cfg.train.mixed_precision)
+    acc = new_accelerator(cpu=use_cpu(cfg.train), mixed_precision=cfg.train.mixed_precision)
     teacher = resolve_lm_teacher(cfg, data, None, acc.device)
     _, selection = select_epsilon(objective.params, teacher, data.val)
     out = output or Path(f"{cfg.out}-ptloss-selection")
@@ -220,10 +226,8 @@ def evaluate_lm_run(run: Path, cfg: RunConfig, splits: tuple[str, ...], latency:
     would hold 256 · block · vocabulary logits)."""
     from kdlab.eval.footprint import footprint
 
-    from .run import _new_accelerator
-
     data = load_lm_data(cfg)
-    acc = _new_accelerator(cpu=True)
+    acc = new_accelerator(cpu=True)
     try:
         model = load_pretrained(run)
     except (OSError, ValueError) as err:
@@ -250,8 +254,6 @@ def evaluate_lm_run(run: Path, cfg: RunConfig, splits: tuple[str, ...], latency:
 
 def run_lm(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, callbacks=None) -> dict[str, Any]:
     """One causal-LM run (``kdlab train`` / ``kdlab distill`` with ``task: causal_lm``); returns its summary."""
-    from .run import SUMMARY, _accelerator, _prepare_out, write_selection
-
     wall_start = time.perf_counter()
     if distilling and cfg.teacher is None:
         raise ConfigError("distill needs a 'teacher' section (teacher.run: a causal-LM run or model directory)")
@@ -263,11 +265,11 @@ def run_lm(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, c
     student_vocab = vocab_size(model)
     if data.vocab_size > student_vocab:
         raise ConfigError(f"the tokenizer has {data.vocab_size} tokens but the model's vocabulary only {student_vocab}")
-    acc = _accelerator(cfg, out)
+    acc = run_accelerator(cfg.train, cfg.tracking, out)
     teacher = None
     if distilling and objective.needs_teacher:  # before touching `out`: a bad teacher leaves nothing behind
         teacher = resolve_lm_teacher(cfg, data, student_vocab, acc.device)
-    _prepare_out(out, resume, overwrite, acc)
+    prepare_out(out, resume, overwrite, acc)
     if acc.is_main_process:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
     if objective.needs_selection:
@@ -299,21 +301,14 @@ def run_lm(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, c
     }
     if acc.is_main_process:
         data.tokenizer.save(out)
-        atomic_write_json(out / SUMMARY, summary)
-    if acc.trackers:
-        acc.end_training()
+    write_summary(out, summary, acc)
     return summary
 
 
 def _versions() -> dict[str, str]:
     import transformers
 
-    return {
-        "kdlab": kdlab.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
+    return versions(transformers=transformers.__version__)
 
 
 class LMStep:
@@ -403,3 +398,40 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+@register
+class CausalLMTask(Task):
+    name = "causal_lm"
+
+    def run(self, cfg, *, distilling, resume, overwrite, callbacks=None, student=None):
+        if student is not None:
+            raise ConfigError("task: causal_lm trains a model built from its config; a given model is not supported")
+        return run_lm(cfg, distilling=distilling, resume=resume, overwrite=overwrite, callbacks=callbacks)
+
+    def evaluate(self, run, cfg, splits, latency):
+        return evaluate_lm_run(run, cfg, splits, latency)
+
+    def cache_logits(self, cfg):
+        from .causal_lm_cache import cache_logits_lm
+
+        return cache_logits_lm(cfg)
+
+    def describe_cache(self, path):
+        from .causal_lm_cache import describe_cache
+
+        return describe_cache(path)
+
+    def select_ptloss(self, cfg, output):
+        return select_ptloss_lm(cfg, output)
+
+    def check(self, cfg):
+        build_objective(cfg, distilling=cfg.teacher is not None)
+
+    def summary_line(self, summary):
+        parts = []
+        for split in ("val", "test"):
+            m = summary[split]
+            agree = f", agreement {m['agreement']:.4f}" if "agreement" in m else ""
+            parts.append(f"{split} perplexity {m['perplexity']:.3f}, token accuracy {m['accuracy']:.4f}{agree}")
+        return "; ".join(parts) + f" ({summary['tokens_per_second']:.0f} tokens/s)"
