@@ -70,3 +70,23 @@ def test_shipped_configs_validate():
             continue
         cfg = load_config(path)
         build(cfg.method.name, cfg.method.params(), 10)
+
+
+def test_the_run_config_is_a_union_discriminated_by_task():
+    """Each task validates only its own sections: a causal-LM key in an image config (and the reverse) is an
+    unknown key, and an unknown task names the ones that exist."""
+    from kdlab.config import CausalLMConfig, ClassifyConfig
+
+    assert isinstance(load_config({}), ClassifyConfig)
+    assert isinstance(load_config({"task": "causal_lm", "data": {"train": "t.txt"}}), CausalLMConfig)
+    cases = [
+        ({"task": "bogus"}, "config: task: unknown task 'bogus'; available: classify, causal_lm"),
+        ({"data": {"tokenizer": "bytes"}}, "config: unknown key 'data.tokenizer'"),
+        ({"task": "causal_lm", "data": {"path": "x.csv"}}, "config: unknown key 'data.path'"),
+        ({"task": "causal_lm", "compress": {"source": "r"}}, "config: unknown key 'compress'"),
+        ({"cache": {"tail_samples": 4}}, "config: cache.tail_samples is for task: causal_lm only"),
+    ]
+    for raw, message in cases:
+        with pytest.raises(ConfigError) as err:
+            load_config(raw)
+        assert str(err.value) == message

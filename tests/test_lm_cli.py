@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -397,3 +398,31 @@ def test_an_interrupted_run_resumes_to_the_same_weights(corpus, teacher_run, one
     for mine, theirs in zip(lines, reference, strict=True):
         if "val/perplexity" in theirs:
             assert mine["val/perplexity"] == pytest.approx(theirs["val/perplexity"], rel=1e-6)
+
+
+def test_chain_and_sweep_run_a_causal_lm_config(corpus, tmp_path, one_thread):
+    """Every task goes through the task registry: a two-stage chain (teacher, then a KD student) and a 2-point
+    sweep over the seed on task: causal_lm configs run, and the student of the chain learned from its teacher."""
+    from kdlab.workflow.chain import chain
+    from kdlab.workflow.sweep import sweep
+
+    base = json.loads(config(corpus, "unused-base").read_text())
+    base.pop("out")
+    base["train"]["epochs"] = 1
+    spec = {
+        "out": str(tmp_path / "lm-chain"),
+        "base": {**base, "method": {"name": "kd"}},
+        "stages": [{"name": "teacher", "method": {"name": "ce"}}, {"name": "student"}],
+    }
+    stages = chain(spec)
+    assert [s["chain_action"] for s in stages] == ["fresh", "fresh"]
+    assert [s["task"] for s in stages] == ["causal_lm", "causal_lm"]
+    assert stages[0]["method"] == "ce" and stages[1]["method"].startswith("kd(")
+    assert "agreement" in stages[1]["test"] and stages[1]["teacher"].endswith(str(tmp_path / "lm-chain" / "teacher"))
+    assert [s["chain_action"] for s in chain(spec)] == ["skip", "skip"]
+    result = sweep(
+        {**base, "out": str(tmp_path / "unused")}, {"seed": [0, 1]}, root=tmp_path / "lm-sweep", progress=False
+    )
+    assert [p.name for p in result.points] == ["seed=0", "seed=1"]
+    perplexities = [p.summary["test"]["perplexity"] for p in result.points]
+    assert all(math.isfinite(x) for x in perplexities) and perplexities[0] != perplexities[1]

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from kdlab.errors import ConfigError
 
@@ -38,6 +47,8 @@ class AugmentConfig(_Strict):
 
 
 class DataConfig(_Strict):
+    """``task: classify``: a named data set (digits, fashion_mnist, cifar10, npz, csv, ...) and its split."""
+
     name: str = "digits"
     path: str | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -47,7 +58,12 @@ class DataConfig(_Strict):
     download: bool = True
     label_column: str | int = -1
     augment: AugmentConfig = AugmentConfig()
-    # task: causal_lm (data.name: text): files or globs per split, the tokenizer and the block length
+
+
+class TextDataConfig(_Strict):
+    """``task: causal_lm``: text files or globs per split, the tokenizer and the block length."""
+
+    name: Literal["text"] = "text"
     train: str | list[str] | None = None
     val: str | list[str] | None = None
     test: str | list[str] | None = None
@@ -187,26 +203,56 @@ class CompressConfig(_Strict):
         return self
 
 
-class RunConfig(_Strict):
+class RunBase(_Strict):
+    """The sections every task shares; each task's config adds its ``task`` tag and its own sections."""
+
     name: str = "run"
     out: str = "runs/run"
     seed: int = 0
-    # classify: images/tabular rows → classes; causal_lm: next-token prediction (kdlab.tasks.<name>)
-    task: Literal["classify", "causal_lm"] = "classify"
-    data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     teacher: TeacherConfig | None = None
     method: MethodConfig = MethodConfig()
     train: TrainConfig = TrainConfig()
     cache: CacheConfig = CacheConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+
+class ClassifyConfig(RunBase):
+    """``task: classify`` (the default): images/tabular rows → classes (``kdlab.tasks.classify``)."""
+
+    task: Literal["classify"] = "classify"
+    data: DataConfig = DataConfig()
     compress: CompressConfig | None = None
 
     @model_validator(mode="after")
-    def _tail_samples_are_for_language_models(self) -> RunConfig:
-        if self.cache.tail_samples is not None and self.task != "causal_lm":
+    def _tail_samples_are_for_language_models(self) -> ClassifyConfig:
+        if self.cache.tail_samples is not None:
             raise ValueError("cache.tail_samples is for task: causal_lm only")
         return self
+
+
+class CausalLMConfig(RunBase):
+    """``task: causal_lm``: next-token prediction with Hugging Face causal LMs (``kdlab.tasks.causal_lm``)."""
+
+    task: Literal["causal_lm"]
+    data: TextDataConfig = TextDataConfig()
+
+
+TASK_CONFIGS: dict[str, type[RunBase]] = {"classify": ClassifyConfig, "causal_lm": CausalLMConfig}
+
+
+def _task_of(value: Any) -> str | None:
+    task = value.get("task", "classify") if isinstance(value, dict) else getattr(value, "task", "classify")
+    return task if task in TASK_CONFIGS else None
+
+
+# The run configuration: one model per task, chosen by the ``task`` key (default classify); each validates only
+# its own sections, so a causal-LM key in an image config (or the reverse) is an unknown key.
+RunConfig = Annotated[
+    Annotated[ClassifyConfig, Tag("classify")] | Annotated[CausalLMConfig, Tag("causal_lm")],
+    Discriminator(_task_of),
+]
+_RUN_CONFIG: TypeAdapter[RunConfig] = TypeAdapter(RunConfig)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -237,7 +283,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
 
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "union_tag_not_found":
+        got = first.get("input", {}).get("task") if isinstance(first.get("input"), dict) else None
+        return f"config: task: unknown task {got!r}; available: {', '.join(TASK_CONFIGS)}"
+    loc = first["loc"][1:] if first["loc"] and first["loc"][0] in TASK_CONFIGS else first["loc"]
+    where = ".".join(str(p) for p in loc) or "config"
     if first["type"] == "extra_forbidden":
         return f"config: unknown key {where!r}"
     got = first.get("input")
@@ -247,9 +297,9 @@ def _format_error(err: ValidationError) -> str:
     return f"config: {message}{shown}{more}" if where == "config" else f"config: {where}: {message}{shown}{more}"
 
 
-def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None) -> RunConfig:
+def load_config(source: str | Path | dict[str, Any] | RunBase, overrides: list[str] | None = None) -> RunConfig:
     """Read and validate a run configuration; raise ``ConfigError`` with one clear line on any problem."""
-    if isinstance(source, RunConfig):
+    if isinstance(source, RunBase):
         raw = source.model_dump(mode="json")
     elif isinstance(source, dict):
         raw = copy.deepcopy(source)  # overrides must not change the caller's nested mappings
@@ -265,10 +315,10 @@ def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list
             raise ConfigError(f"config file {path} must contain a mapping at the top level")
     raw = apply_overrides(raw, overrides)
     try:
-        return RunConfig.model_validate(raw)
+        return _RUN_CONFIG.validate_python(raw)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
 
 
-def dump_config(cfg: RunConfig) -> str:
+def dump_config(cfg: RunBase) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
