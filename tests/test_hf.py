@@ -17,12 +17,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from kdlab.hf import (
     CausalLMCollator,
     DistillationTrainer,
-    DistillMethod,
     check_same_tokenizer,
+    distill_method,
     distillation_loss,
     prepare_teacher,
     write_teacher_cache,
 )
+from kdlab.methods import Method
 from kdlab.teacher.sparse_cache import SparseLogitCache
 
 VOCAB = 97
@@ -53,7 +54,7 @@ def models(one_thread):
     return tiny_llama(32, seed=1), prepare_teacher(tiny_llama(48, seed=2), "cpu")
 
 
-def reference_loss(student, teacher, batch, method: DistillMethod) -> torch.Tensor:
+def reference_loss(student, teacher, batch, method: Method) -> torch.Tensor:
     """Full (tokens × vocabulary) logits and the textbook formulas, written out independently of kdlab."""
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     s = student(input_ids=ids, attention_mask=mask).logits[:, :-1]
@@ -61,7 +62,8 @@ def reference_loss(student, teacher, batch, method: DistillMethod) -> torch.Tens
         t = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1]
     target = labels[:, 1:]
     keep = target != -100
-    T = method.temperature
+    p = method.params
+    T = p.temperature
     log_p = torch.log_softmax(s[keep] / T, -1)
     log_q = torch.log_softmax(t[keep] / T, -1)
     if method.name in ("kd", "ptloss"):
@@ -69,26 +71,26 @@ def reference_loss(student, teacher, batch, method: DistillMethod) -> torch.Tens
         per_token = torch.nn.functional.kl_div(log_p, log_q, reduction="none", log_target=True).sum(-1)
         if method.name == "ptloss":
             u = 1 - log_p.exp()
-            per_token = per_token + sum((log_q.exp() * e * u ** (m + 1)).sum(-1) for m, e in enumerate(method.epsilon))
+            per_token = per_token + sum((log_q.exp() * e * u ** (m + 1)).sum(-1) for m, e in enumerate(p.epsilon))
     elif method.name == "reverse_kl":
         per_token = (log_p.exp() * (log_p - log_q)).sum(-1)
     else:  # jsd, beta = 1/2
         log_m = torch.logsumexp(torch.stack([log_p, log_q]), 0) - torch.log(torch.tensor(2.0))
         per_token = 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1) + 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1)
     ce = torch.nn.functional.cross_entropy(s[keep], target[keep], reduction="none")
-    return method.beta * T * T * per_token.mean() + method.alpha * ce.mean()
+    return p.beta * T * T * per_token.mean() + p.alpha * ce.mean()
 
 
 METHODS = [
-    DistillMethod(name="kd", temperature=2.0, alpha=0.5),
-    DistillMethod(name="ptloss", temperature=1.0, epsilon=[0.4]),
-    DistillMethod(name="ptloss", temperature=2.0, epsilon=[0.3, -0.2, 0.1, 0.05, -0.1], alpha=0.2, beta=0.7),
-    DistillMethod(name="reverse_kl", temperature=1.5),
-    DistillMethod(name="jsd"),
+    distill_method("kd", temperature=2.0, alpha=0.5),
+    distill_method("ptloss", temperature=1.0, epsilon=[0.4]),
+    distill_method("ptloss", temperature=2.0, epsilon=[0.3, -0.2, 0.1, 0.05, -0.1], alpha=0.2, beta=0.7),
+    distill_method("reverse_kl", temperature=1.5),
+    distill_method("jsd"),
 ]
 
 
-@pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.name}-M{len(m.epsilon or [])}")
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.name}-M{len(getattr(m.params, 'epsilon', None) or [])}")
 def test_distillation_loss_equals_materialised_reference(models, method):
     student, teacher = models
     batch = CausalLMCollator()([{"input_ids": s} for s in sequences(6, seed=3)])
@@ -126,7 +128,7 @@ def test_sparse_cache_with_k_equal_to_vocabulary_gives_the_dense_loss(models, tm
     order = [3, 0, 4]  # a batch in another order than the cache: the offsets find the rows
     examples = [{"input_ids": data[i], "cache_offset": offsets[i]} for i in order]
     batch = CausalLMCollator()(examples)
-    method = DistillMethod(name="ptloss", epsilon=[0.3, -0.1], temperature=2.0)
+    method = distill_method("ptloss", epsilon=[0.3, -0.1], temperature=2.0)
     dense = distillation_loss(student, teacher, batch, method)
     cached = distillation_loss(student, SparseLogitCache(tmp_path / "full"), batch, method)
     top8 = distillation_loss(student, SparseLogitCache(tmp_path / "top8"), batch, method)
@@ -183,7 +185,7 @@ def test_a_different_vocabulary_or_tokenizer_is_one_clear_error(models, tmp_path
     with pytest.raises(ValueError, match="logit cache has 101 classes, the student's output layer 97"):
         DistillationTrainer(model=student, logit_cache=tmp_path / "c101", method="kd")
     with pytest.raises(ValueError, match="epsilon"):
-        DistillMethod.parse({"name": "ptloss"})
+        distill_method({"name": "ptloss"})
 
 
 def test_kdlab_does_not_import_transformers_and_kdlab_hf_names_the_extra():

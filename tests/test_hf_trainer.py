@@ -19,11 +19,11 @@ from safetensors.torch import load_file
 from test_hf import VOCAB, sequences, tiny_llama  # tests/ is on sys.path (pytest's rootdir-relative import)
 from transformers import TrainingArguments
 
-from kdlab.hf import CausalLMCollator, DistillationTrainer, DistillMethod, distillation_loss, write_teacher_cache
+from kdlab.hf import CausalLMCollator, DistillationTrainer, distill_method, distillation_loss, write_teacher_cache
 
 REPO = Path(__file__).resolve().parents[1]
 LR = 0.5
-METHOD = DistillMethod(name="ptloss", epsilon=[0.3, -0.1], temperature=2.0, alpha=0.3)
+METHOD = distill_method("ptloss", epsilon=[0.3, -0.1], temperature=2.0, alpha=0.3)
 
 
 def _args(out: Path, per_device: int, accumulation: int, **extra) -> TrainingArguments:

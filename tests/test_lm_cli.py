@@ -15,8 +15,10 @@ from kdlab.cli import main
 from kdlab.config import load_config
 from kdlab.data.text import load_text
 from kdlab.engine.loop import StepInfo
+from kdlab.losses.sparse_teacher import SparseTeacher
+from kdlab.methods import Outputs, StepState
+from kdlab.methods import build as build_method
 from kdlab.models.hf import HiddenStates, load_pretrained
-from kdlab.tasks.causal_lm import build_objective
 from kdlab.teacher.lm import CachedTeacher, LiveTeacher, cache_fingerprints
 from kdlab.teacher.sparse_cache import SparseLogitCache
 
@@ -164,7 +166,7 @@ def test_cache_round_trip_equals_the_live_teacher(corpus, teacher_run, one_threa
     code, out, err = cli(["cache-logits", str(cfg_path)], capsys, monkeypatch)
     assert code == 0, err
     cache_dir = teacher_run / out.split("cached in ")[1].split()[0].split("/")[-1]
-    cfg = load_config(cfg_path)
+    load_config(cfg_path)  # the config the cache was made with is valid
     data = load_text(str(corpus / "train-*"), str(corpus / "val.txt"), str(corpus / "test.txt"), "bytes", BLOCK)
     live = LiveTeacher(teacher_run, torch.device("cpu"))
     prints = cache_fingerprints(data, teacher_run)
@@ -183,11 +185,22 @@ def test_cache_round_trip_equals_the_live_teacher(corpus, teacher_run, one_threa
     t_logits = live.logits(ids)
     stored = t_logits - t_logits.amax(-1, keepdim=True)  # what the cache holds: shifted, float16
     for method in ({"name": "kd", "temperature": 2.0}, {"name": "ptloss", "epsilon": [0.2, -0.1]}):
-        objective = build_objective(load_config({**cfg.model_dump(mode="json"), "method": method}), distilling=True)
+        built = build_method(method["name"], {k: v for k, v in method.items() if k != "name"}, 0, task="causal_lm")
+
+        def objective(given) -> dict[str, torch.Tensor]:
+            if isinstance(given, SparseTeacher):
+                teacher_out = Outputs(sparse=given)
+            elif isinstance(given, tuple):
+                teacher_out = Outputs(hidden=given[0], head_weight=given[1])
+            else:
+                teacher_out = Outputs(logits=given)
+            batch = {"targets": ids[:, 1:], "num_items": 1000}
+            return built.compute(batch, Outputs(hidden=hidden, head_weight=weight), teacher_out, StepState(0, 0, 1, 0))  # noqa: B023
+
         teacher = buckets_only if method.get("temperature", 1.0) != 1.0 else cached
-        from_cache = objective(hidden, weight, teacher.train_input(index, ids), ids[:, 1:], 1000)
-        from_live = objective(hidden, weight, live.train_input(index, ids), ids[:, 1:], 1000)
-        rounded = objective(hidden, weight, stored.half().float(), ids[:, 1:], 1000)
+        from_cache = objective(teacher.train_input(index, ids))
+        from_live = objective(live.train_input(index, ids))
+        rounded = objective(stored.half().float())
         (value,) = from_cache.values()
         assert float(value) == pytest.approx(float(next(iter(rounded.values()))), rel=1e-5)
         assert float(value) == pytest.approx(float(next(iter(from_live.values()))), rel=2e-2)
@@ -426,3 +439,36 @@ def test_chain_and_sweep_run_a_causal_lm_config(corpus, tmp_path, one_thread):
     assert [p.name for p in result.points] == ["seed=0", "seed=1"]
     perplexities = [p.summary["test"]["perplexity"] for p in result.points]
     assert all(math.isfinite(x) for x in perplexities) and perplexities[0] != perplexities[1]
+
+
+def test_the_lm_loop_takes_the_gradient_scaler_path(corpus, teacher_run, monkeypatch, one_thread):
+    """fp16 on a GPU gives the loop a GradScaler; on this CPU Accelerate gives none, so the test hands the run's
+    Accelerator torch's CPU GradScaler. Powers of two are exact in float32: the scaled run must train the same
+    weights as the plain one, and the scale must have grown once per optimizer step (scale, unscale, step and
+    update all happened)."""
+    from safetensors.torch import load_file
+
+    import kdlab.tasks.causal_lm as causal_lm
+    from kdlab.api import distill
+
+    plain = distill(config(corpus, "scaler-plain", teacher={"run": str(teacher_run)}, method={"name": "kd"}))
+    made = []
+
+    def with_scaler(*args, **kwargs):
+        acc = real(*args, **kwargs)
+        acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1)
+        made.append(acc.scaler)
+        return acc
+
+    real = causal_lm.run_accelerator
+    monkeypatch.setattr(causal_lm, "run_accelerator", with_scaler)
+    scaled = distill(config(corpus, "scaler-scaled", teacher={"run": str(teacher_run)}, method={"name": "kd"}))
+    steps = scaled["optimizer_steps"]
+    assert steps == plain["optimizer_steps"] > 2
+    assert made[0].get_scale() == 2.0 ** (8 + steps)
+    a, b = (
+        load_file(str(corpus / "scaler-plain" / "model.safetensors")),
+        load_file(str(corpus / "scaler-scaled" / "model.safetensors")),
+    )
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)

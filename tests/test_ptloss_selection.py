@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from kdlab.losses import proxy_teacher, sample_epsilons, select_ptloss_epsilon
-from kdlab.losses.selection import proxy_scores
+from kdlab.losses import proxy_teacher
+from kdlab.methods.selection import proxy_scores, sample_epsilons, select_ptloss_epsilon
 
 
 def test_candidates_are_in_range_reproducible_and_start_with_kd():

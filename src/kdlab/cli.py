@@ -115,22 +115,27 @@ def losses_command(
         run_loss_demo(console)
 
 
+def _default(field) -> object:
+    if field.is_required():
+        return "required"
+    return field.default if field.default_factory is None else field.default_factory()
+
+
 @app.command("methods")
 def methods_command() -> None:
-    """List the registered distillation methods and their hyper-parameters."""
+    """List the registered distillation methods, the tasks each supports and their hyper-parameters."""
     from kdlab import methods
 
     table = Table(title="Distillation methods (method: {name: ..., ...} in a config)")
     table.add_column("name", style="bold cyan")
+    table.add_column("tasks")
     table.add_column("hyper-parameters (defaults)")
     for name in methods.available():
-        fields = methods.get_class(name).Params.model_fields
-        table.add_row(
-            name,
-            ", ".join(
-                f"{k}={f.default if f.default_factory is None else f.default_factory()}" for k, f in fields.items()
-            ),
-        )
+        cls = methods.get_class(name)
+        for i, task in enumerate(cls.tasks):
+            fields = cls.params_for(task).model_fields
+            shown = ", ".join(f"{k}={_default(f)}" for k, f in fields.items())
+            table.add_row(name if i == 0 else "", task, shown)
     console.print(table)
 
 
@@ -241,6 +246,7 @@ def evaluate_command(
     """Metrics of a finished run on train, val and test (accuracy, NLL, ECE, fidelity to the teacher) and its
     footprint (bytes on disk, parameters, non-zeros, CPU latency at batch 1 and 256); written into its
     summary.json (under "evaluation") and evaluation.json, plots into RUN_DIR/plots/."""
+    import kdlab.compress  # noqa: F401  (int8 runs load through the format it registers)
     from kdlab.api import evaluate
     from kdlab.eval.plots import write_run_plots
     from kdlab.eval.report import load_run
@@ -298,6 +304,7 @@ def report_command(
     reevaluate: bool = typer.Option(False, "--reevaluate", help="Run `evaluate` again even where it was run."),
 ):
     """One self-contained HTML file comparing runs: configs, a table and plots (runs `evaluate` where needed)."""
+    import kdlab.compress  # noqa: F401  (int8 runs load through the format it registers)
     from kdlab.api import evaluate
     from kdlab.eval.report import load_run, write_report
 

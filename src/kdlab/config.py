@@ -77,11 +77,13 @@ class ModelConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
-    """A finished run directory (``run``), or a model definition plus a safetensors file (``weights``)."""
+    """A finished run directory (``run``), a model definition plus a safetensors file (``weights``), or an
+    ``ensemble`` of such teachers (its logits: the log of the members' mean probability)."""
 
     run: str | None = None
     model: ModelConfig | None = None
     weights: str | None = None
+    ensemble: list[TeacherConfig] | None = Field(None, min_length=2)
     checkpoint_epoch: int | None = Field(None, ge=1, description="the run's weights after this epoch (kept)")
     # speed switches for the live teacher (kdlab.engine.speed; measured in benchmarks/results/peers.md)
     channels_last: bool = False
@@ -91,8 +93,12 @@ class TeacherConfig(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:
         explicit = self.model is not None or self.weights is not None
+        if self.ensemble is not None:
+            if self.run is not None or explicit or self.checkpoint_epoch is not None:
+                raise ValueError("teacher.ensemble lists its members; give no run, model or weights beside it")
+            return self
         if (self.run is not None) == explicit or (explicit and (self.model is None or self.weights is None)):
-            raise ValueError("give either teacher.run, or teacher.model and teacher.weights")
+            raise ValueError("give either teacher.run, or teacher.model and teacher.weights, or teacher.ensemble")
         if self.checkpoint_epoch is not None and self.run is None:
             raise ValueError("teacher.checkpoint_epoch needs teacher.run (a run that kept that epoch)")
         return self
@@ -236,6 +242,12 @@ class CausalLMConfig(RunBase):
 
     task: Literal["causal_lm"]
     data: TextDataConfig = TextDataConfig()
+
+    @model_validator(mode="after")
+    def _single_teacher(self) -> CausalLMConfig:
+        if self.teacher is not None and self.teacher.ensemble is not None:
+            raise ValueError("teacher.ensemble is for task: classify; a causal LM distils from one teacher.run")
+        return self
 
 
 TASK_CONFIGS: dict[str, type[RunBase]] = {"classify": ClassifyConfig, "causal_lm": CausalLMConfig}

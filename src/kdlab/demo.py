@@ -14,8 +14,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from kdlab.losses import kd_loss, proxy_teacher, ptloss, select_ptloss_epsilon
-from kdlab.losses.selection import proxy_scores
+from kdlab.losses import kd_loss, proxy_teacher, ptloss
+from kdlab.methods.selection import proxy_scores, select_ptloss_epsilon
 
 
 def _scores(probs: torch.Tensor, labels: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:

@@ -1,5 +1,7 @@
-"""Compression combined with distillation: pruning (``prune``) and recovery through the engine (``recover``)."""
+"""Compression combined with distillation: pruning (``prune``), int8 quantization (``quantize``) and recovery
+through the one loop (``recover``)."""
 
+from . import quantize  # noqa: F401  (registers the int8 model format with kdlab.models.weights)
 from .channels import cnn_channels, forward_macs, structured_prune, structured_prune_cnn, structured_widths
 from .prune import (
     ReapplyMasks,

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from kdlab.eval.footprint import is_tensor_subclass as is_quantized
 from kdlab.io import atomic_write_bytes
+from kdlab.models.weights import register_format
 from kdlab.quiet import quiet_torchao
 
 Scheme = Literal["int8_dynamic", "int8_weight_only"]
@@ -177,3 +178,6 @@ def describe(model: nn.Module) -> dict[str, Any]:
     """How many Linear layers carry int8 weights (and of which torchao type): a quick check of a converted model."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return {"linear_layers": len(linears), "int8_linear_layers": sum(is_quantized(m.weight) for m in linears)}
+
+
+register_format(METADATA_KEY, load_quantized, "kdlab.compress")

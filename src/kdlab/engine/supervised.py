@@ -28,6 +28,7 @@ from . import batches
 from .checkpoint import save_weights
 from .loop import StepInfo, run_loop
 from .predict import predict
+from .rundir import new_accelerator
 from .speed import FastTeacher, fast_student
 
 
@@ -169,18 +170,18 @@ class ClassifyStep:
         self.acc.wait_for_everyone()
 
     def setup_context(self) -> SetupContext:
-        def teacher_logits(split: str) -> Tensor:
+        def teacher_logits(split: str, rows: int | None = None) -> Tensor:
             logits = self.split_teacher_logits(split)
             if logits is None:
                 raise ConfigError(f"method {self.method.name!r} needs the teacher's logits on {split}")
-            return logits
+            return logits[:rows]
 
         return SetupContext(
             num_classes=self.num_classes,
             device=self.acc.device,
             out_dir=self.out_dir,
             teacher_logits=teacher_logits,
-            labels=lambda split: self.data[f"y_{split}"],
+            labels=lambda split, rows=None: self.data[f"y_{split}"][:rows],
             feature_shapes=self.feature_shapes,
             write_report=self.write_report,
         )
@@ -263,7 +264,7 @@ def fit(
     cfg = cfg.model_copy(
         update={"optimizer": optimizer_cfg or cfg.optimizer, "scheduler": scheduler_cfg or cfg.scheduler}
     )
-    acc = accelerator or Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
+    acc = accelerator or new_accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
     if method.needs_teacher and teacher is None and cached_logits is None:
         raise ConfigError(f"method {method.name!r} needs a teacher: add a 'teacher' section")
     step = ClassifyStep(

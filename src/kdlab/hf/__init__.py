@@ -23,16 +23,16 @@ else:
 from .cache import cache_offsets, sparse_teacher_for_batch, write_teacher_cache
 from .data import CausalLMCollator
 from .loss import check_same_tokenizer, count_target_tokens, distillation_loss, prepare_teacher
-from .method import DistillMethod
+from .method import distill_method
 from .trainer import DistillationTrainer
 
 __all__ = [
     "CausalLMCollator",
-    "DistillMethod",
     "DistillationTrainer",
     "cache_offsets",
     "check_same_tokenizer",
     "count_target_tokens",
+    "distill_method",
     "distillation_loss",
     "prepare_teacher",
     "sparse_teacher_for_batch",

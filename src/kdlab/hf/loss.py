@@ -21,25 +21,26 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
-from kdlab.losses import SparseTeacher, fused_linear_distill
-from kdlab.losses.sparse_teacher import tail_samples_serve
+from kdlab.losses import SparseTeacher
+from kdlab.methods import Method, Outputs, StepState
 from kdlab.teacher.sparse_cache import SparseLogitCache
 
 from .cache import CACHE_COLUMN, sparse_teacher_for_batch
-from .method import DistillMethod
+from .method import distill_method
 
 IGNORE_INDEX = -100
 # batch keys that are the loss's business, not the model's
 _LOSS_KEYS = ("labels", CACHE_COLUMN, "shift_labels")
 
 Teacher = nn.Module | SparseLogitCache | Callable[..., Any]
+_NO_SCHEDULE = StepState(0, 0, 1, 0.0)  # token methods' weights are constants
 
 
 def distillation_loss(
     student: nn.Module,
     teacher: Teacher,
     inputs: Mapping[str, Any],
-    method: DistillMethod | Mapping[str, Any] | str,
+    method: Method | Mapping[str, Any] | str,
     num_items_in_batch: int | Tensor | None = None,
 ) -> Tensor:
     """``beta · D + alpha · CE`` over the batch's target tokens; a float32 scalar to call ``backward`` on.
@@ -55,7 +56,7 @@ def distillation_loss(
     Under DDP (which averages gradients) multiply the result by the world size; ``DistillationTrainer``
     does all this for you.
     """
-    loss, _ = compute_distillation(student, teacher, inputs, DistillMethod.parse(method), num_items_in_batch)
+    loss, _ = compute_distillation(student, teacher, inputs, distill_method(method), num_items_in_batch)
     return loss
 
 
@@ -63,7 +64,7 @@ def compute_distillation(
     student: nn.Module,
     teacher: Teacher,
     inputs: Mapping[str, Any],
-    method: DistillMethod,
+    method: Method,
     num_items_in_batch: int | Tensor | None = None,
 ) -> tuple[Tensor, Any]:
     """``distillation_loss`` plus the student's model output (its logits are an empty (B, 0, V) tensor)."""
@@ -73,25 +74,17 @@ def compute_distillation(
     labels = target_labels(inputs)
     head = output_head(student, "student")
     hidden, outputs = hidden_states(student, head, model_inputs)
-    weight = head.weight if head.weight.dtype == hidden.dtype else head.weight.to(hidden.dtype)
     teacher_arg = _teacher_input(teacher, inputs, model_inputs, hidden.device)
-    if isinstance(teacher_arg, SparseTeacher) and not tail_samples_serve(method.name, method.temperature):
-        teacher_arg = teacher_arg.without_tail_samples()  # draws at T = 1 serve kd/ptloss only: the rest bucket
-    loss = fused_linear_distill(
-        hidden[:, :-1],
-        weight,
-        teacher_arg,
-        loss=method.name,
-        epsilon=method.epsilon,
-        temperature=method.temperature,
-        labels=labels[:, 1:],
-        ignore_index=IGNORE_INDEX,
-        ce_weight=method.alpha / method.beta,
-        num_items=num_items_in_batch,
-        jsd_beta=method.jsd_beta,
-        chunk_size=method.chunk_size,
-    )
-    return loss * method.beta if method.beta != 1.0 else loss, outputs
+    if isinstance(teacher_arg, SparseTeacher):
+        teacher_out = Outputs(sparse=teacher_arg)
+    elif isinstance(teacher_arg, tuple):
+        teacher_out = Outputs(hidden=teacher_arg[0], head_weight=teacher_arg[1])
+    else:
+        teacher_out = Outputs(logits=teacher_arg)
+    batch = {"targets": labels[:, 1:], "ignore_index": IGNORE_INDEX, "num_items": num_items_in_batch}
+    student_out = Outputs(hidden=hidden[:, :-1], head_weight=head.weight)
+    terms = method.compute(batch, student_out, teacher_out, _NO_SCHEDULE)
+    return sum(terms.values()), outputs  # type: ignore[return-value]
 
 
 def target_labels(inputs: Mapping[str, Any]) -> Tensor:

@@ -1,48 +1,42 @@
-"""The distillation objective of ``kdlab.hf``: which token-level loss, its temperature, ε and weights."""
+"""The distillation objective of ``kdlab.hf``: a kdlab method (``kdlab.methods``) built for token-level tasks.
+
+The Trainer and ``distillation_loss`` take the same method objects as ``kdlab distill`` with ``task: causal_lm``:
+``kd``, ``ptloss``, ``reverse_kl``, ``jsd`` (or ``ce``), ``loss = beta · D(teacher ‖ student) + alpha · CE``
+(defaults alpha 0, beta 1, T 1). Extra keys are errors, so a typo cannot silently fall back to a default.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from collections.abc import Mapping
+from typing import Any
 
 from kdlab.config import MethodConfig
+from kdlab.errors import ConfigError
+from kdlab.methods import Method, build
+
+TASK = "causal_lm"
 
 
-class DistillMethod(BaseModel):
-    """``loss = beta · D(teacher ‖ student) + alpha · CE(labels)``, D one of kdlab's fused token-level losses.
+def distill_method(method: Method | MethodConfig | Mapping[str, Any] | str = "kd", **params: Any) -> Method:
+    """A token-level method from a built method, kdlab's ``MethodConfig`` (``method:`` of a YAML config), a mapping
+    ``{"name": ..., **params}`` or a name plus keyword parameters: ``distill_method("ptloss", epsilon=[0.2])``.
 
-    ``name``: ``kd`` (T² · KL(q ‖ p)), ``ptloss`` (KD with the first M Maclaurin coefficients perturbed by
-    ``epsilon``, shape (M,)), ``reverse_kl`` (T² · KL(p ‖ q)) or ``jsd`` (``jsd_beta`` mixes the two sides).
-    ``alpha`` weighs the cross-entropy of the untempered student on the labels (0: pure distillation).
-    Extra keys are errors, so a typo in a config cannot silently fall back to a default.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: Literal["kd", "ptloss", "reverse_kl", "jsd"] = "kd"
-    temperature: float = Field(1.0, gt=0)
-    epsilon: list[float] | None = Field(None, min_length=1)
-    alpha: float = Field(0.0, ge=0, description="weight of the hard-label cross-entropy")
-    beta: float = Field(1.0, gt=0, description="weight of the distillation term")
-    jsd_beta: float = Field(0.5, gt=0, lt=1)
-    chunk_size: int | None = Field(None, ge=1, description="tokens per chunk of the fused loss (None: automatic)")
-
-    @model_validator(mode="after")
-    def _epsilon_only_for_ptloss(self) -> DistillMethod:
-        if self.name == "ptloss" and self.epsilon is None:
-            raise ValueError("method 'ptloss' needs epsilon, a list of M numbers (e.g. [0.2, -0.1])")
-        if self.name != "ptloss" and self.epsilon is not None:
-            raise ValueError(f"epsilon is only used by method 'ptloss', not by {self.name!r}")
-        return self
-
-    @classmethod
-    def parse(cls, method: DistillMethod | MethodConfig | dict[str, Any] | str) -> DistillMethod:
-        """Accept this model, kdlab's ``MethodConfig`` (``method:`` of a YAML config), a dict or a bare name."""
-        if isinstance(method, cls):
-            return method
-        if isinstance(method, str):
-            return cls(name=method)
-        if isinstance(method, MethodConfig):
-            method = {"name": method.name, **method.params()}
-        return cls.model_validate(method)
+    PTLoss needs its ``epsilon`` here (the Trainer has no validation pass to choose one: use ``kdlab
+    select-ptloss``); ``beta`` must be positive (a Trainer without a teacher term is plain fine-tuning)."""
+    if isinstance(method, Method):
+        if TASK not in method.tasks or method.task != TASK:
+            raise ConfigError(f"method {method.name!r} was not built for task {TASK!r}: build(..., task={TASK!r})")
+        return method
+    if isinstance(method, str):
+        spec: dict[str, Any] = {"name": method, **params}
+    elif isinstance(method, MethodConfig):
+        spec = {"name": method.name, **method.params(), **params}
+    else:
+        spec = {**method, **params}
+    name = spec.pop("name", "kd")
+    if name == "ptloss" and spec.get("epsilon", "auto") == "auto":
+        raise ConfigError("method 'ptloss' needs epsilon, a list of M numbers (e.g. [0.2, -0.1])")
+    built = build(name, spec, 0, task=TASK)
+    if getattr(built.params, "beta", 1.0) <= 0:
+        raise ConfigError(f"method {name!r}: beta must be > 0 for distillation")
+    return built

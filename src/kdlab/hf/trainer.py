@@ -26,20 +26,22 @@ from transformers import Trainer
 
 from kdlab.config import MethodConfig
 from kdlab.losses.sparse_teacher import tail_samples_serve
+from kdlab.methods import Method
 from kdlab.teacher.sparse_cache import SparseLogitCache, warn_unused_tail_samples
 
 from .cache import CACHE_COLUMN
 from .loss import check_same_tokenizer, compute_distillation, count_target_tokens, output_head, prepare_teacher
-from .method import DistillMethod
+from .method import distill_method
 
 
 class DistillationTrainer(Trainer):
     """``Trainer(model=student, ...)`` plus ``teacher=`` (a causal LM) or ``logit_cache=`` and ``method=``.
 
-    ``method``: a ``DistillMethod``, a dict such as ``{"name": "ptloss", "epsilon": [0.2], "temperature": 2}``,
-    kdlab's ``MethodConfig`` or a name. ``teacher_tokenizer``: compared with ``processing_class`` when both
-    are given. With ``logit_cache`` the dataset needs a ``cache_offset`` column (``write_teacher_cache``); its
-    tail samples are used by ``kd``/``ptloss`` at T = 1 (other methods: the rest bucket, with a warning).
+    ``method``: a kdlab method built for ``causal_lm`` (``kdlab.hf.distill_method``), a dict such as
+    ``{"name": "ptloss", "epsilon": [0.2], "temperature": 2}``, kdlab's ``MethodConfig`` or a name.
+    ``teacher_tokenizer``: compared with ``processing_class`` when both are given. With ``logit_cache`` the
+    dataset needs a ``cache_offset`` column (``write_teacher_cache``); its tail samples are used by
+    ``kd``/``ptloss`` at T = 1 (other methods: the rest bucket, with a warning).
     """
 
     # the loss is already normalised over the whole accumulated batch: training_step must not divide it again
@@ -52,7 +54,7 @@ class DistillationTrainer(Trainer):
         *,
         teacher: nn.Module | None = None,
         logit_cache: SparseLogitCache | str | Path | None = None,
-        method: DistillMethod | MethodConfig | Mapping[str, Any] | str = "kd",
+        method: Method | MethodConfig | Mapping[str, Any] | str = "kd",
         teacher_dtype: torch.dtype | None = None,
         teacher_tokenizer: Any = None,
         **kwargs: Any,
@@ -61,14 +63,15 @@ class DistillationTrainer(Trainer):
             raise ValueError("DistillationTrainer needs exactly one of teacher= (a model) or logit_cache=")
         if model is None:
             raise ValueError("DistillationTrainer needs the student as model= (model_init is not supported)")
-        self.method = DistillMethod.parse(method)
+        self.method = distill_method(method)
         if teacher is not None:
             check_same_tokenizer(model, teacher, kwargs.get("processing_class"), teacher_tokenizer)
         else:
             logit_cache = logit_cache if isinstance(logit_cache, SparseLogitCache) else SparseLogitCache(logit_cache)
-            serve = tail_samples_serve(self.method.name, self.method.temperature)
+            temperature = self.method.params.temperature
+            serve = tail_samples_serve(self.method.name, temperature)
             if logit_cache.tail_samples and not serve:
-                warn_unused_tail_samples(self.method.name, self.method.temperature, logit_cache.k)
+                warn_unused_tail_samples(self.method.name, temperature, logit_cache.k)
                 logit_cache = SparseLogitCache(logit_cache.directory, logit_cache.fingerprint, use_tail_samples=False)
             rows = output_head(model, "student").weight.shape[0]
             if logit_cache.vocab_size != rows:

@@ -15,13 +15,11 @@ from .modules import CrossEntropy, DKDLoss, FocalKD, KDLoss, LabelSmoothingKD, P
 from .proxy import proxy_teacher
 from .ptloss import poly1_kd, ptloss
 from .registry import available, get, register
-from .selection import EpsilonSelection, sample_epsilons, select_ptloss_epsilon
 from .sparse_teacher import SparseTeacher, sparse_teacher_from_logits
 
 __all__ = [
     "CrossEntropy",
     "DKDLoss",
-    "EpsilonSelection",
     "FocalKD",
     "KDLoss",
     "LabelSmoothingKD",
@@ -42,8 +40,6 @@ __all__ = [
     "proxy_teacher",
     "ptloss",
     "register",
-    "sample_epsilons",
-    "select_ptloss_epsilon",
     "set_backend",
     "sparse_teacher_from_logits",
 ]

@@ -1,6 +1,6 @@
 """Distillation methods, registered by name (``method: {name: kd, ...}`` in a config)."""
 
-from . import ce, dkd, fitnets, focal, kd, label_smoothing, poly1, ptloss, vid  # noqa: F401  (registration)
+from . import ce, dkd, fitnets, focal, jsd, kd, label_smoothing, poly1, ptloss, reverse_kl, vid  # noqa: F401
 from .base import (
     Method,
     MethodParams,
@@ -12,6 +12,7 @@ from .base import (
     build,
     get_class,
     register,
+    supporting,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "build",
     "get_class",
     "register",
+    "supporting",
 ]

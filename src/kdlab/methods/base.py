@@ -65,7 +65,8 @@ class Outputs:
 class SetupContext:
     """What ``Method.setup`` sees, once, before training (and before the optimizer is built).
 
-    ``teacher_logits(split)``: the teacher's (N, C) logits on a whole split (live or cached); ``labels(split)``;
+    ``teacher_logits(split, rows=None)``: the teacher's (N, C) logits on a split (live or cached; token tasks: one
+    row per target token, the first ``rows`` of them); ``labels(split, rows=None)``, aligned with them;
     ``feature_shapes(side, names)``: the shapes (without the batch dimension) of named features of the student or
     the teacher on one training example — what a method needs to size its own modules; ``write_report(stem,
     payload, plot)``: ``<stem>.json`` (and ``<stem>.png`` through ``plot``) in the run directory, on rank 0."""
@@ -73,8 +74,8 @@ class SetupContext:
     num_classes: int
     device: Any
     out_dir: Path | None
-    teacher_logits: Callable[[str], Tensor]
-    labels: Callable[[str], Tensor]
+    teacher_logits: Callable[..., Tensor]
+    labels: Callable[..., Tensor]
     feature_shapes: Callable[[str, tuple[str, ...]], dict[str, tuple[int, ...]]]
     write_report: Callable[[str, dict[str, Any], Callable[[Path], None] | None], None]
 
@@ -88,6 +89,12 @@ class Method:
     def __init__(self, params: MethodParams, num_classes: int) -> None:
         self.params = params
         self.num_classes = num_classes
+        self.task = "classify"  # set by ``build``: the task whose outputs ``compute`` will see
+
+    @classmethod
+    def params_for(cls, task: str) -> type[MethodParams]:
+        """The hyper-parameters this method takes in ``task`` (token tasks have their own defaults)."""
+        return cls.Params
 
     def requires(self) -> Requires:
         return Requires()
@@ -152,11 +159,19 @@ def get_class(name: str) -> type[Method]:
     return _METHODS[name]
 
 
-def build(name: str, params: dict[str, Any], num_classes: int) -> Method:
-    """Validate ``params`` against the method's ``Params`` and instantiate it."""
+def supporting(task: str) -> list[str]:
+    return [name for name in available() if task in _METHODS[name].tasks]
+
+
+def build(name: str, params: dict[str, Any], num_classes: int, task: str = "classify") -> Method:
+    """Validate ``params`` against the method's parameters for ``task`` and instantiate it."""
     cls = get_class(name)
+    if task not in cls.tasks:
+        raise ConfigError(
+            f"config: method {name!r} does not support task {task!r}; methods for {task}: {', '.join(supporting(task))}"
+        )
     try:
-        parsed = cls.Params.model_validate(params)
+        parsed = cls.params_for(task).model_validate(params)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -165,4 +180,6 @@ def build(name: str, params: dict[str, Any], num_classes: int) -> Method:
         if first["type"] == "value_error":  # our own validators' messages already say what was wrong
             raise ConfigError(f"config: method.{where}: {first['msg'].removeprefix('Value error, ')}") from None
         raise ConfigError(f"config: method.{where}: {first['msg']} (got {first.get('input')!r})") from None
-    return cls(parsed, num_classes)
+    method = cls(parsed, num_classes)
+    method.task = task
+    return method

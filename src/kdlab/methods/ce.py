@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 from torch import Tensor
 
 from kdlab.losses import cross_entropy
 
 from .base import Method, MethodParams, Outputs, StepState, register
+from .token import cross_entropy_terms
 
 
 class CEParams(MethodParams):
@@ -16,10 +19,23 @@ class CEParams(MethodParams):
 
 @register("ce")
 class CEMethod(Method):
+    """Classification: cross-entropy with optional label smoothing; language models: next-token cross-entropy
+    through the fused output layer (no parameters)."""
+
     Params = CEParams
     needs_teacher = False
+    tasks = ("classify", "causal_lm")
+
+    @classmethod
+    def params_for(cls, task: str) -> type[MethodParams]:
+        return MethodParams if task == "causal_lm" else CEParams
+
+    def describe(self) -> str:
+        return "ce" if self.task == "causal_lm" else super().describe()
 
     def compute(
-        self, batch: dict[str, Tensor], student: Outputs, teacher: Outputs | None, state: StepState
+        self, batch: dict[str, Any], student: Outputs, teacher: Outputs | None, state: StepState
     ) -> dict[str, Tensor]:
+        if student.hidden is not None:
+            return cross_entropy_terms(batch, student)
         return {"ce": cross_entropy(student.logits, batch["y"], label_smoothing=self.params.label_smoothing)}

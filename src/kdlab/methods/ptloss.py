@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from kdlab.losses import EpsilonSelection, ptloss, select_ptloss_epsilon
+from kdlab.losses import ptloss
 
-from .base import SetupContext, register
+from .base import Outputs, SetupContext, StepState, register
+from .selection import EpsilonSelection, select_ptloss_epsilon
+from .token import TokenLevel, TokenParams
 from .weighted import WeightedKDMethod, WeightedParams
 
 
@@ -27,14 +29,28 @@ class PTLossParams(WeightedParams):
     selection_metric: Literal["l2", "tv", "nll"] = "l2"
 
 
+class TokenPTLossParams(TokenParams):
+    epsilon: Literal["auto"] | list[float] = "auto"  # auto = chosen by the proxy teacher on validation tokens
+    candidates: int = Field(64, ge=1)
+    order: int = Field(5, ge=1)
+    scale: float = Field(1.0, gt=0, le=1)
+    selection_seed: int = 0
+    selection_metric: Literal["l2", "tv", "nll"] = "l2"
+    selection_tokens: int = Field(512, ge=1, description="validation target tokens the proxy teacher is scored on")
+
+
 @register("ptloss")
-class PTLossMethod(WeightedKDMethod):
+class PTLossMethod(TokenLevel, WeightedKDMethod):
     Params = PTLossParams
+    token_params = TokenPTLossParams
+    tasks = ("classify", "causal_lm")
+    divergence = "ptloss"
 
     def __init__(self, params: PTLossParams, num_classes: int) -> None:
         super().__init__(params, num_classes)
         auto = params.epsilon == "auto"
         self.epsilon: Tensor | None = None if auto else torch.tensor(params.epsilon, dtype=torch.float32)
+        self.selection: EpsilonSelection | None = None  # the last selection made (epsilon: auto)
 
     @property
     def needs_selection(self) -> bool:
@@ -49,12 +65,13 @@ class PTLossMethod(WeightedKDMethod):
             temperature=p.temperature,
             candidates=p.candidates,
             order=p.order,
-            per_class=p.per_class,
+            per_class=getattr(p, "per_class", False),
             scale=p.scale,
             seed=p.selection_seed,
             metric=p.selection_metric,
         )
         self.epsilon = selection.epsilon.float()
+        self.selection = selection
         return selection
 
     def setup(self, ctx: SetupContext) -> None:
@@ -62,7 +79,8 @@ class PTLossMethod(WeightedKDMethod):
         ptloss_selection.json and .png (every candidate and its scores)."""
         if self.epsilon is not None:
             return
-        selection = self.select(ctx.teacher_logits("val").cpu(), ctx.labels("val").cpu())
+        rows = getattr(self.params, "selection_tokens", None)  # token tasks: the first validation target tokens
+        selection = self.select(ctx.teacher_logits("val", rows).cpu(), ctx.labels("val", rows).cpu())
 
         def plot(path: Path) -> None:
             from kdlab.eval.selection_plot import plot_selection
@@ -70,6 +88,18 @@ class PTLossMethod(WeightedKDMethod):
             plot_selection(selection, path)
 
         ctx.write_report("ptloss_selection", selection.to_dict(), plot)
+
+    def token_epsilon(self) -> Tensor | None:
+        if self.epsilon is None:
+            raise RuntimeError("ptloss with epsilon: auto needs setup() (or select()) before training")
+        return self.epsilon
+
+    def compute(
+        self, batch: dict[str, Any], student: Outputs, teacher: Outputs | None, state: StepState
+    ) -> dict[str, Tensor]:
+        if student.hidden is not None:
+            return self.token_terms(batch, student, teacher, state)
+        return super().compute(batch, student, teacher, state)
 
     def describe(self) -> str:
         chosen = "auto" if self.epsilon is None else [round(x, 4) for x in self.epsilon.flatten().tolist()]

@@ -19,11 +19,10 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from accelerate import Accelerator
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from kdlab.config import RunConfig, dump_config
@@ -35,14 +34,14 @@ from kdlab.engine.rundir import (
     run_accelerator,
     use_cpu,
     versions,
-    write_selection,
+    write_report,
     write_summary,
 )
 from kdlab.errors import ConfigError
 from kdlab.io import atomic_write_text
-from kdlab.losses import fused_linear_distill
 from kdlab.losses.sparse_teacher import SparseTeacher
-from kdlab.methods import Method, Outputs, StepState
+from kdlab.methods import Method, Outputs, SetupContext
+from kdlab.methods import build as build_method
 from kdlab.models import count_parameters
 from kdlab.models.hf import HiddenStates, build_causal_lm, load_pretrained, vocab_size
 from kdlab.teacher.lm import (
@@ -57,109 +56,37 @@ DIVERGENCES = ("kd", "ptloss", "reverse_kl", "jsd")
 EVAL_LOGITS = 1 << 24  # logits per evaluation batch (64 MB of float32)
 
 
-class LMMethodParams(BaseModel):
-    """Hyper-parameters of a causal-LM method (``method:`` minus ``name``); unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
-    alpha: float = Field(0.0, ge=0, description="weight of the next-token cross-entropy")
-    beta: float = Field(1.0, ge=0, description="weight of the divergence from the teacher")
-    temperature: float = Field(1.0, gt=0)
-    epsilon: Literal["auto"] | list[float] = "auto"  # ptloss only; auto = chosen by the proxy teacher on val tokens
-    candidates: int = Field(64, ge=1)
-    order: int = Field(5, ge=1)
-    scale: float = Field(1.0, gt=0, le=1)
-    selection_seed: int = 0
-    selection_metric: Literal["l2", "tv", "nll"] = "l2"
-    selection_tokens: int = Field(512, ge=1, description="validation target tokens the proxy teacher is scored on")
-    jsd_beta: float = Field(0.5, gt=0, lt=1)
-
-
-class LMObjective(Method):
-    """The training loss of one step, from hidden states, head weight, teacher and the next-token targets."""
-
-    tasks = ("causal_lm",)
-
-    def __init__(self, name: str, params: LMMethodParams, epsilon: Tensor | None = None) -> None:
-        super().__init__(params, 0)
-        self.name = name  # type: ignore[misc]
-        self.params: LMMethodParams = params
-        self.epsilon = epsilon
-
-    def compute(
-        self, batch: dict[str, Any], student: Outputs, teacher: Outputs | None, state: StepState
-    ) -> dict[str, Tensor]:
-        given = None
-        if teacher is not None:
-            given = teacher.sparse if teacher.sparse is not None else (teacher.hidden, teacher.head_weight)
-        return self(student.hidden, student.head_weight, given, batch["targets"], batch["num_items"])
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.name != "ce" and self.params.beta > 0
-
-    @property
-    def needs_selection(self) -> bool:
-        return self.name == "ptloss" and self.epsilon is None and self.needs_teacher
-
-    def describe(self) -> str:
-        p = self.params
-        if self.name == "ce":
-            return "ce"
-        eps = ""
-        if self.name == "ptloss":
-            shown = "auto" if self.epsilon is None else [round(x, 4) for x in self.epsilon.tolist()]
-            eps = f", eps={shown}"
-        return f"{self.name}(alpha={p.alpha}, beta={p.beta}, T={p.temperature}{eps})"
-
-    def __call__(self, hidden: Tensor, weight: Tensor, teacher, targets: Tensor, num_items: int) -> dict[str, Tensor]:
-        p = self.params
-        if weight.dtype != hidden.dtype:  # mixed precision: the head in the hidden states' dtype (autograd follows)
-            weight = weight.to(hidden.dtype)
-        if not self.needs_teacher:  # SFT: KL to the one-hot target = cross-entropy, through the same fused path
-            scale = 1.0 if self.name == "ce" else p.alpha
-            return {"ce": scale * fused_linear_distill(hidden, weight, one_hot(targets), num_items=num_items)}
-        value = fused_linear_distill(
-            hidden,
-            weight,
-            teacher,
-            loss=self.name,
-            epsilon=None if self.epsilon is None else self.epsilon.to(hidden.device),
-            temperature=p.temperature,
-            labels=targets,
-            ce_weight=p.alpha / p.beta,
-            num_items=num_items,
-            jsd_beta=p.jsd_beta,
-        )
-        return {self.name if p.alpha == 0 else f"{self.name}+ce": p.beta * value}
-
-
-def one_hot(targets: Tensor) -> SparseTeacher:
-    """The targets as a sparse teacher with k = 1 and no rest mass: its KD loss is the cross-entropy."""
-    return SparseTeacher(
-        torch.zeros(*targets.shape, 1, device=targets.device),
-        targets.unsqueeze(-1),
-        torch.full(targets.shape, float("-inf"), device=targets.device),
-    )
-
-
-def build_objective(cfg: RunConfig, distilling: bool) -> LMObjective:
-    name = cfg.method.name if distilling else "ce"
+def build_lm_method(cfg: RunConfig, distilling: bool) -> Method:
+    """The config's method for token-level training (``kdlab train`` trains with ``ce`` only)."""
     if not distilling and cfg.method.name != "ce":
         raise ConfigError(f"train uses plain cross-entropy; method {cfg.method.name!r} needs `kdlab distill`")
-    if name not in ("ce", *DIVERGENCES):
-        raise ConfigError(f"task: causal_lm supports methods ce, {', '.join(DIVERGENCES)}; got {name!r}")
-    try:
-        params = LMMethodParams.model_validate(cfg.method.params())
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"config: method.{where}: {first['msg']}") from None
-    if "epsilon" in cfg.method.params() and name != "ptloss":
-        raise ConfigError(f"method.epsilon is only used by ptloss, not by {name!r}")
-    epsilon = None
-    if name == "ptloss" and params.epsilon != "auto":
-        epsilon = torch.tensor(params.epsilon, dtype=torch.float32)
-    return LMObjective(name, params, epsilon)
+    return build_method(cfg.method.name if distilling else "ce", cfg.method.params(), 0, task="causal_lm")
+
+
+def setup_context(method: Method, teacher, data: TextSplits, out: Path, acc: Accelerator) -> SetupContext:
+    """What a method's ``setup`` sees in a causal-LM run: the teacher's dense logits on the first ``rows``
+    validation target tokens (one row per token) and those tokens."""
+    selection: dict[int | None, tuple[Tensor, Tensor]] = {}
+
+    def rows_of(split: str, rows: int | None) -> tuple[Tensor, Tensor]:
+        if split != "val" or teacher is None:
+            raise ConfigError(f"method {method.name!r} needs the teacher's logits on {split}")
+        if rows not in selection:
+            selection[rows] = teacher.selection_inputs(data.val, rows or data.val[:, 1:].numel(), 8)
+        return selection[rows]
+
+    def no_features(side: str, names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+        raise ConfigError(f"method {method.name!r} reads features; task: causal_lm offers hidden states only")
+
+    return SetupContext(
+        num_classes=0,
+        device=acc.device,
+        out_dir=out,
+        teacher_logits=lambda split, rows=None: rows_of(split, rows)[0],
+        labels=lambda split, rows=None: rows_of(split, rows)[1],
+        feature_shapes=no_features,
+        write_report=lambda stem, payload, plot: write_report(out, stem, payload, plot, acc),
+    )
 
 
 def load_lm_data(cfg: RunConfig) -> TextSplits:
@@ -169,27 +96,15 @@ def load_lm_data(cfg: RunConfig) -> TextSplits:
     return load_text(d.train, d.val, d.test, d.tokenizer, d.block_size)
 
 
-def select_epsilon(p: LMMethodParams, teacher, val: Tensor):
-    """PTLoss's epsilon through the image task's selection (kdlab select-ptloss), on validation tokens as rows."""
-    from kdlab.methods import build as build_method
-
-    logits, labels = teacher.selection_inputs(val, p.selection_tokens, 8)
-    keys = ("temperature", "candidates", "order", "scale", "selection_seed", "selection_metric")
-    method = build_method("ptloss", {"epsilon": "auto", **{k: getattr(p, k) for k in keys}}, logits.shape[-1])
-    selection = method.select(logits, labels)
-    return selection.epsilon.float(), selection
-
-
 def select_ptloss_lm(cfg: RunConfig, output: Path | None) -> tuple[Any, Path]:
     """``kdlab select-ptloss`` for ``task: causal_lm``: the proxy-teacher selection a ptloss run would make."""
-    objective = build_objective(cfg, distilling=True)
+    method = build_method("ptloss", {**cfg.method.params(), "epsilon": "auto"}, 0, task="causal_lm")
     data = load_lm_data(cfg)
     acc = new_accelerator(cpu=use_cpu(cfg.train), mixed_precision=cfg.train.mixed_precision)
     teacher = resolve_lm_teacher(cfg, data, None, acc.device)
-    _, selection = select_epsilon(objective.params, teacher, data.val)
     out = output or Path(f"{cfg.out}-ptloss-selection")
-    write_selection(out, selection, acc)
-    return selection, out
+    method.setup(setup_context(method, teacher, data, out, acc))
+    return method.selection, out
 
 
 # ---- evaluation ----
@@ -258,7 +173,7 @@ def run_lm(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, c
     if distilling and cfg.teacher is None:
         raise ConfigError("distill needs a 'teacher' section (teacher.run: a causal-LM run or model directory)")
     out = Path(cfg.out)
-    objective = build_objective(cfg, distilling)
+    method = build_lm_method(cfg, distilling)
     data = load_lm_data(cfg)
     torch.manual_seed(cfg.seed)
     model = build_causal_lm(cfg.model.name, cfg.model.kwargs, data.vocab_size, cfg.data.block_size)
@@ -267,20 +182,18 @@ def run_lm(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, c
         raise ConfigError(f"the tokenizer has {data.vocab_size} tokens but the model's vocabulary only {student_vocab}")
     acc = run_accelerator(cfg.train, cfg.tracking, out)
     teacher = None
-    if distilling and objective.needs_teacher:  # before touching `out`: a bad teacher leaves nothing behind
+    if distilling and method.needs_teacher:  # before touching `out`: a bad teacher leaves nothing behind
         teacher = resolve_lm_teacher(cfg, data, student_vocab, acc.device)
     prepare_out(out, resume, overwrite, acc)
     if acc.is_main_process:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
-    if objective.needs_selection:
-        objective.epsilon, selection = select_epsilon(objective.params, teacher, data.val)
-        write_selection(out, selection, acc)
-    result = _fit_lm(model, data, objective, teacher, cfg, acc, out, callbacks, resume)
+    method.setup(setup_context(method, teacher, data, out, acc))
+    result = _fit_lm(model, data, method, teacher, cfg, acc, out, callbacks, resume)
     summary = {
         "name": cfg.name,
         "complete": True,
         "task": "causal_lm",
-        "method": objective.describe(),
+        "method": method.describe(),
         "model": type(model).__name__,
         "teacher": None if teacher is None else teacher.description,
         "test_accuracy": result["test"]["accuracy"],
@@ -317,9 +230,9 @@ class LMStep:
     tokens divided by the target tokens of the whole accumulation window (``num_items``), so a window's gradient
     is the mean over its tokens whatever its length; the product with the world size undoes DDP's averaging."""
 
-    def __init__(self, model, data: TextSplits, objective: LMObjective, teacher, cfg: RunConfig, acc: Accelerator):
+    def __init__(self, model, data: TextSplits, method: Method, teacher, cfg: RunConfig, acc: Accelerator):
         self.student = HiddenStates(model)
-        self.label, self.rows, self.data, self.method = objective.name, len(data.train), data, objective
+        self.label, self.rows, self.data, self.method = method.name, len(data.train), data, method
         self.teacher, self.acc, self.batch_size = teacher, acc, cfg.train.batch_size
         self.targets_per_block = data.train.shape[1] - 1
         limit = EVAL_LOGITS // (self.targets_per_block * vocab_size(model))
@@ -359,14 +272,12 @@ class LMStep:
         return f"val ppl {evaluations['val']['perplexity']:.2f}"
 
 
-def _fit_lm(
-    model, data: TextSplits, objective: LMObjective, teacher, cfg: RunConfig, acc: Accelerator, out, callbacks, resume
-):
+def _fit_lm(model, data: TextSplits, method: Method, teacher, cfg: RunConfig, acc: Accelerator, out, callbacks, resume):
     """The one loop over token blocks; checkpoints (``checkpoints/``, as for images) after every epoch and every
     ``train.checkpoint_every_steps`` optimizer steps; ``resume`` continues from the latest one."""
-    step = LMStep(model, data, objective, teacher, cfg, acc)
+    step = LMStep(model, data, method, teacher, cfg, acc)
     result, trainable = run_loop(
-        step, objective, cfg.train, accelerator=acc, out_dir=out, seed=cfg.seed, resume=resume, callbacks=callbacks
+        step, method, cfg.train, accelerator=acc, out_dir=out, seed=cfg.seed, resume=resume, callbacks=callbacks
     )
     if acc.is_main_process:
         save_pretrained(trainable.student.model, out)
@@ -426,7 +337,7 @@ class CausalLMTask(Task):
         return select_ptloss_lm(cfg, output)
 
     def check(self, cfg):
-        build_objective(cfg, distilling=cfg.teacher is not None)
+        build_lm_method(cfg, distilling=cfg.teacher is not None)
 
     def summary_line(self, summary):
         parts = []

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
 from torch import nn
 
 from kdlab import models
@@ -36,6 +35,7 @@ from kdlab.errors import CacheError, ConfigError
 from kdlab.io import atomic_write_text
 from kdlab.losses import proxy_teacher
 from kdlab.methods import build as build_method
+from kdlab.models.weights import load_weights
 from kdlab.teacher.logit_cache import read_cache, write_cache
 from kdlab.teacher.source import load_teacher, resolve_teacher
 
@@ -61,7 +61,13 @@ def split_seed(seed: int, data_split_seed: int | None) -> int:
 
 
 def _warn_if_split_overlaps(cfg: RunConfig, source) -> None:
-    """A teacher trained on another split of the same data has seen this run's validation rows: say so."""
+    """A teacher (or an ensemble member) trained on another split of the same data has seen this run's validation
+    rows: say so."""
+    for member in source.members:
+        _warn_if_member_overlaps(cfg, member)
+
+
+def _warn_if_member_overlaps(cfg: RunConfig, source) -> None:
     raw = source.run_config
     if raw is None:  # a teacher from weights: its split is unknown
         return
@@ -100,7 +106,7 @@ def teacher_and_cache(cfg: RunConfig, data, needs_features: bool = False) -> tup
         cached = read_cache(cache_file, data.fingerprint, source.fingerprint())
         return None, cached, f"cached logits {cache_file}"
     teacher = load_teacher(source, data.num_classes, tuple(data.in_shape))
-    return teacher, None, f"{source.model_cfg.name} from {source.weights}"
+    return teacher, None, source.describe()
 
 
 def _cache_file(cfg: RunConfig, source, data) -> Path:
@@ -284,17 +290,14 @@ def evaluate_classify(run: Path, cfg: RunConfig, splits: tuple[str, ...], latenc
 
 def load_run_model(cfg: RunConfig, data, weights: Path) -> nn.Module:
     """A run's model on CPU: its float weights, or the int8 model ``kdlab compress`` saved (the scheme is in the
-    safetensors metadata; rebuilt by ``kdlab.compress.quantize.load_quantized``, no pickle)."""
-    from kdlab.compress.quantize import load_quantized, saved_scheme
-
+    safetensors metadata; rebuilt by the loader ``kdlab.compress`` registers with ``kdlab.models.weights``)."""
     student = build_student(cfg, data)
     try:
-        if saved_scheme(weights) is not None:
-            return load_quantized(student, weights)
-        student.load_state_dict(load_file(str(weights)))
+        return load_weights(student, weights)
+    except ConfigError:
+        raise
     except (RuntimeError, ValueError) as err:
         raise ConfigError(f"{weights} does not load into {cfg.model.name!r}: {str(err).splitlines()[0]}") from None
-    return student
 
 
 def _proxy_epsilon(cfg: RunConfig, run: Path, num_classes: int) -> torch.Tensor | None:

@@ -1,4 +1,5 @@
-"""Loading a frozen teacher: from a finished run directory, or from a model definition plus weights."""
+"""Loading a frozen teacher: from a finished run directory, from a model definition plus weights, or an ensemble
+of them (``ensemble``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ class TeacherSource:
     tag: str = ""  # distinguishes the caches of one run's kept epochs ("-epoch3")
     run_config: dict | None = None  # a teacher run's config.yaml, as written (its data split, seed, ...)
 
+    @property
+    def members(self) -> list[TeacherSource]:
+        return [self]
+
+    def describe(self) -> str:
+        return f"{self.model_cfg.name} from {self.weights}"
+
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         with open(self.weights, "rb") as handle:
@@ -32,7 +40,12 @@ class TeacherSource:
         return digest.hexdigest()
 
 
-def resolve_teacher(cfg: TeacherConfig) -> TeacherSource:
+def resolve_teacher(cfg: TeacherConfig):
+    """The teacher's source: a ``TeacherSource``, or an ``EnsembleSource`` of them for ``teacher.ensemble``."""
+    if cfg.ensemble is not None:
+        from .ensemble import EnsembleSource
+
+        return EnsembleSource([resolve_teacher(member) for member in cfg.ensemble])
     if cfg.run is not None:
         run = Path(cfg.run)
         config_file = run / "config.yaml"
@@ -79,8 +92,13 @@ def epoch_weights(run: Path, epoch: int, raw_config: dict) -> Path:
     )
 
 
-def load_teacher(source: TeacherSource, num_classes: int, in_shape: tuple[int, ...]) -> nn.Module:
+def load_teacher(source, num_classes: int, in_shape: tuple[int, ...]) -> nn.Module:
     """The teacher in eval mode with gradients off (it is never trained, wrapped by DDP or checkpointed)."""
+    if not isinstance(source, TeacherSource):  # an ensemble: one module averaging its members' probabilities
+        from .ensemble import EnsembleTeacher
+
+        members = [load_teacher(member, num_classes, in_shape) for member in source.members]
+        return EnsembleTeacher(members).eval().requires_grad_(False)
     teacher = models.create(source.model_cfg.name, num_classes, in_shape, **source.model_cfg.kwargs)
     try:
         state = load_file(str(source.weights))

@@ -15,9 +15,8 @@ import torch
 from torch import Tensor
 
 from kdlab.eval.metrics import expected_calibration_error
-
-from ._common import check_temperature
-from .proxy import proxy_teacher
+from kdlab.losses import proxy_teacher
+from kdlab.losses._common import check_temperature
 
 METRICS = ("l2", "tv", "nll")
 
