@@ -24,7 +24,7 @@ def distill_method(method: Method | MethodConfig | Mapping[str, Any] | str = "kd
     PTLoss needs its ``epsilon`` here (the Trainer has no validation pass to choose one: use ``kdlab
     select-ptloss``); ``beta`` must be positive (a Trainer without a teacher term is plain fine-tuning)."""
     if isinstance(method, Method):
-        if TASK not in method.tasks or method.task != TASK:
+        if not method.token_level:
             raise ConfigError(f"method {method.name!r} was not built for task {TASK!r}: build(..., task={TASK!r})")
         return method
     if isinstance(method, str):

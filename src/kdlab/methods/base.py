@@ -21,6 +21,8 @@ from torch import Tensor, nn
 
 from kdlab.errors import ConfigError
 
+TOKEN_TASKS = ("causal_lm",)  # tasks whose outputs are token-level hidden states + head weight (fused losses)
+
 
 class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -95,6 +97,11 @@ class Method:
     def params_for(cls, task: str) -> type[MethodParams]:
         """The hyper-parameters this method takes in ``task`` (token tasks have their own defaults)."""
         return cls.Params
+
+    @property
+    def token_level(self) -> bool:
+        """Whether this instance was built for a token-level task (``TOKEN_TASKS``)."""
+        return self.task in TOKEN_TASKS
 
     def requires(self) -> Requires:
         return Requires()

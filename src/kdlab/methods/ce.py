@@ -9,7 +9,7 @@ from torch import Tensor
 
 from kdlab.losses import cross_entropy
 
-from .base import Method, MethodParams, Outputs, StepState, register
+from .base import TOKEN_TASKS, Method, MethodParams, Outputs, StepState, register
 from .token import cross_entropy_terms
 
 
@@ -24,14 +24,14 @@ class CEMethod(Method):
 
     Params = CEParams
     needs_teacher = False
-    tasks = ("classify", "causal_lm")
+    tasks = ("classify", *TOKEN_TASKS)
 
     @classmethod
     def params_for(cls, task: str) -> type[MethodParams]:
-        return MethodParams if task == "causal_lm" else CEParams
+        return MethodParams if task in TOKEN_TASKS else CEParams
 
     def describe(self) -> str:
-        return "ce" if self.task == "causal_lm" else super().describe()
+        return "ce" if self.token_level else super().describe()
 
     def compute(
         self, batch: dict[str, Any], student: Outputs, teacher: Outputs | None, state: StepState

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from kdlab.errors import ConfigError
 from kdlab.losses import cross_entropy, kd_loss
 
-from .base import Method, MethodParams, Outputs, Requires
+from .base import Method, MethodParams, Outputs, Requires, SetupContext
 
 
 class FeatureParams(MethodParams):
@@ -85,6 +85,15 @@ class FeatureMethod(Method):
 
     def requires(self) -> Requires:
         return Requires(student_features=self.params.student_layers, teacher_features=self.params.teacher_layers)
+
+    def paired_shapes(self, ctx: SetupContext) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """(student shape, teacher shape) of each layer pair, checked to be comparable (for sizing modules)."""
+        p = self.params
+        s_shapes = ctx.feature_shapes("student", p.student_layers)
+        t_shapes = ctx.feature_shapes("teacher", p.teacher_layers)
+        for s, t in zip(p.student_layers, p.teacher_layers, strict=True):
+            check_pair(s_shapes[s], t_shapes[t], (s, t))
+        return [(s_shapes[s], t_shapes[t]) for s, t in zip(p.student_layers, p.teacher_layers, strict=True)]
 
     def pairs(self, student: Outputs, teacher: Outputs) -> list[tuple[Tensor, Tensor]]:
         p = self.params

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .base import Outputs, SetupContext, StepState, register
-from .features import FeatureMethod, FeatureParams, align, check_pair, projection
+from .features import FeatureMethod, FeatureParams, align, projection
 
 
 class FitNetsParams(FeatureParams):
@@ -31,14 +31,7 @@ class FitNetsMethod(FeatureMethod):
         self.regressors: nn.ModuleList | None = None
 
     def setup(self, ctx: SetupContext) -> None:
-        p = self.params
-        s_shapes = ctx.feature_shapes("student", p.student_layers)
-        t_shapes = ctx.feature_shapes("teacher", p.teacher_layers)
-        regressors = []
-        for s, t in zip(p.student_layers, p.teacher_layers, strict=True):
-            check_pair(s_shapes[s], t_shapes[t], (s, t))
-            regressors.append(projection(s_shapes[s][0], t_shapes[t][0], image=len(s_shapes[s]) == 3))
-        self.regressors = nn.ModuleList(regressors)
+        self.regressors = nn.ModuleList(projection(s[0], t[0], image=len(s) == 3) for s, t in self.paired_shapes(ctx))
 
     def modules(self) -> dict[str, nn.Module]:
         return {} if self.regressors is None else {"regressors": self.regressors}

@@ -3,13 +3,10 @@ T² · [β KL(q ‖ m) + (1 − β) KL(p ‖ m)] with m = β q + (1 − β) p (`
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
-from torch import Tensor
 
-from .base import Method, Outputs, StepState, register
-from .token import TokenLevel, TokenParams
+from .base import register
+from .token import TokenMethod, TokenParams
 
 
 class JSDParams(TokenParams):
@@ -17,16 +14,7 @@ class JSDParams(TokenParams):
 
 
 @register("jsd")
-class JSDMethod(TokenLevel, Method):
-    tasks = ("causal_lm",)
+class JSDMethod(TokenMethod):
     divergence = "jsd"
     Params = JSDParams
     token_params = JSDParams
-
-    def compute(
-        self, batch: dict[str, Any], student: Outputs, teacher: Outputs | None, state: StepState
-    ) -> dict[str, Tensor]:
-        return self.token_terms(batch, student, teacher, state)
-
-    def describe(self) -> str:
-        return self.describe_token()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -11,7 +11,7 @@ from torch import Tensor
 
 from kdlab.losses import ptloss
 
-from .base import Outputs, SetupContext, StepState, register
+from .base import TOKEN_TASKS, SetupContext, register
 from .selection import EpsilonSelection, select_ptloss_epsilon
 from .token import TokenLevel, TokenParams
 from .weighted import WeightedKDMethod, WeightedParams
@@ -43,7 +43,7 @@ class TokenPTLossParams(TokenParams):
 class PTLossMethod(TokenLevel, WeightedKDMethod):
     Params = PTLossParams
     token_params = TokenPTLossParams
-    tasks = ("classify", "causal_lm")
+    tasks = ("classify", *TOKEN_TASKS)
     divergence = "ptloss"
 
     def __init__(self, params: PTLossParams, num_classes: int) -> None:
@@ -93,13 +93,6 @@ class PTLossMethod(TokenLevel, WeightedKDMethod):
         if self.epsilon is None:
             raise RuntimeError("ptloss with epsilon: auto needs setup() (or select()) before training")
         return self.epsilon
-
-    def compute(
-        self, batch: dict[str, Any], student: Outputs, teacher: Outputs | None, state: StepState
-    ) -> dict[str, Tensor]:
-        if student.hidden is not None:
-            return self.token_terms(batch, student, teacher, state)
-        return super().compute(batch, student, teacher, state)
 
     def describe(self) -> str:
         chosen = "auto" if self.epsilon is None else [round(x, 4) for x in self.epsilon.flatten().tolist()]

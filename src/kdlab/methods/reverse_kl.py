@@ -3,25 +3,10 @@ direction), fused with the output layer; ``beta · D + alpha · CE``, defaults a
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import Tensor
-
-from .base import Method, Outputs, StepState, register
-from .token import TokenLevel, TokenParams
+from .base import register
+from .token import TokenMethod
 
 
 @register("reverse_kl")
-class ReverseKLMethod(TokenLevel, Method):
-    tasks = ("causal_lm",)
+class ReverseKLMethod(TokenMethod):
     divergence = "reverse_kl"
-    Params = TokenParams
-    token_params = TokenParams
-
-    def compute(
-        self, batch: dict[str, Any], student: Outputs, teacher: Outputs | None, state: StepState
-    ) -> dict[str, Tensor]:
-        return self.token_terms(batch, student, teacher, state)
-
-    def describe(self) -> str:
-        return self.describe_token()

@@ -21,7 +21,7 @@ from torch import Tensor
 from kdlab.losses import fused_linear_distill
 from kdlab.losses.sparse_teacher import SparseTeacher, tail_samples_serve
 
-from .base import MethodParams, Outputs, StepState
+from .base import TOKEN_TASKS, Method, MethodParams, Outputs, StepState
 
 IGNORE_INDEX = -100
 
@@ -77,22 +77,33 @@ class TokenLevel:
     divergence: ClassVar[str] = "kd"
     token_params: ClassVar[type[TokenParams]] = TokenParams
     params: Any
-    task: str
     name: str
+
+    token_level: bool
 
     @property
     def needs_teacher(self) -> bool:  # type: ignore[override]
-        return self.task != "causal_lm" or self.params.beta > 0
+        return not self.token_level or self.params.beta > 0
 
     @classmethod
     def params_for(cls, task: str) -> type[MethodParams]:
-        return cls.token_params if task == "causal_lm" else cls.Params  # type: ignore[attr-defined]
+        return cls.token_params if task in TOKEN_TASKS else cls.Params  # type: ignore[attr-defined]
+
+    def compute(
+        self, batch: dict[str, Any], student: Outputs, teacher: Outputs | None, state: StepState
+    ) -> dict[str, Tensor]:
+        if student.hidden is not None:
+            return self.token_terms(batch, student, teacher, state)
+        return super().compute(batch, student, teacher, state)  # type: ignore[misc]
+
+    def describe(self) -> str:
+        return self.describe_token() if self.token_level else super().describe()  # type: ignore[misc]
 
     def token_epsilon(self) -> Tensor | None:
         return None
 
     def current_values(self, state: StepState) -> dict[str, float]:
-        if self.task == "causal_lm":  # constant weights: nothing scheduled to log
+        if self.token_level:  # constant weights: nothing scheduled to log
             return {}
         return super().current_values(state)  # type: ignore[misc]
 
@@ -123,3 +134,10 @@ class TokenLevel:
     def describe_token(self) -> str:
         p = self.params
         return f"{self.name}(alpha={p.alpha}, beta={p.beta}, T={p.temperature})"
+
+
+class TokenMethod(TokenLevel, Method):
+    """A divergence for token-level tasks only (``reverse_kl``, ``jsd``): one class attribute names it."""
+
+    tasks = TOKEN_TASKS
+    Params = TokenParams

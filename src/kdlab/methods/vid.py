@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .base import Outputs, SetupContext, StepState, register
-from .features import FeatureMethod, FeatureParams, align, check_pair, projection
+from .features import FeatureMethod, FeatureParams, align, projection
 
 VARIANCE_FLOOR = 1e-5
 
@@ -59,15 +59,10 @@ class VIDMethod(FeatureMethod):
 
     def setup(self, ctx: SetupContext) -> None:
         p = self.params
-        s_shapes = ctx.feature_shapes("student", p.student_layers)
-        t_shapes = ctx.feature_shapes("teacher", p.teacher_layers)
-        heads = []
-        for s, t in zip(p.student_layers, p.teacher_layers, strict=True):
-            check_pair(s_shapes[s], t_shapes[t], (s, t))
-            out = t_shapes[t][0]
-            image = len(s_shapes[s]) == 3
-            heads.append(GaussianHead(s_shapes[s][0], out, image, p.hidden_channels or out, p.init_variance))
-        self.heads = nn.ModuleList(heads)
+        self.heads = nn.ModuleList(
+            GaussianHead(s[0], t[0], len(s) == 3, p.hidden_channels or t[0], p.init_variance)
+            for s, t in self.paired_shapes(ctx)
+        )
 
     def modules(self) -> dict[str, nn.Module]:
         return {} if self.heads is None else {"heads": self.heads}

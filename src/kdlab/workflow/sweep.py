@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kdlab.config import RunConfig, dump_config, load_config
+from kdlab.engine.loop import progress_bar
 from kdlab.errors import ConfigError, TrainingError
 
 from .reuse import Action, check_method, plan, read_summary, run_or_skip
@@ -163,14 +163,7 @@ def sweep(
     root, points = make_points(config, grid, overrides, root)
     for point in points:  # before anything runs: a directory of another configuration is an error
         point.action = plan(point.cfg, overwrite=overwrite)
-    bar = Progress(
-        TextColumn("[bold]sweep"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        disable=not progress,
-    )
+    bar = progress_bar(progress)
     with bar:
         task = bar.add_task("sweep", total=len(points), info="")
         for point in points:
