@@ -121,6 +121,23 @@ def test_logit_cache_is_used_and_stale_ones_are_refused(tmp_path, teacher_run):
         )
 
 
+def test_the_classifier_cache_honours_cache_topk(tmp_path, teacher_run):
+    """A top-3 cache is its own file; a run asking for top-3 reads it, one asking for dense logits never does, and
+    a cache of another k named by cache.path is refused with one line."""
+    cfg = student_cfg(tmp_path / "s", teacher_run, {"name": "kd"}, epochs=1)
+    top3 = cache_logits(dict(cfg, cache={"topk": 3}))
+    assert top3.name.endswith("-top3.safetensors") and top3.parent == teacher_run
+    assert distill(dict(cfg, cache={"topk": 3}))["teacher"] == f"cached logits {top3}"
+    dense = distill(dict(cfg, out=str(tmp_path / "dense")))  # no dense cache exists: the live teacher
+    assert not dense["teacher"].startswith("cached logits")
+    with pytest.raises(CacheError) as err:
+        distill(dict(cfg, out=str(tmp_path / "wrong"), cache={"path": str(top3), "use": "require"}))
+    assert str(err.value) == (
+        f"logit cache {top3} holds top-3 logits, the config asks for dense logits (cache.topk); "
+        "re-run `kdlab cache-logits CONFIG` or set cache.use=never"
+    )
+
+
 def test_topk_cache_keeps_the_top_probabilities(tmp_path, teacher_run):
     from kdlab.teacher.logit_cache import decode, encode
 

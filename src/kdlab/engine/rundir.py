@@ -101,13 +101,6 @@ def write_report(
     return json_path, png_path
 
 
-def write_selection(out: Path, selection: Any, acc: Accelerator) -> tuple[Path, Path | None]:
-    """ptloss_selection.json (every candidate and its scores) and ptloss_selection.png."""
-    from kdlab.eval.selection_plot import plot_selection
-
-    return write_report(out, "ptloss_selection", selection.to_dict(), lambda p: plot_selection(selection, p), acc)
-
-
 def write_summary(out: Path, summary: dict[str, Any], acc: Accelerator) -> None:
     """summary.json, last: from now on the run directory is complete."""
     if acc.is_main_process:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.losses import SparseTeacher, sparse_teacher_from_logits
+from kdlab.teacher import LM_TOPK
 from kdlab.teacher.sparse_cache import SparseLogitCache, default_tail_samples, write_sparse_cache
 
 CACHE_COLUMN = "cache_offset"
@@ -59,7 +60,7 @@ def write_teacher_cache(
     sequences: Sequence[Sequence[int]],
     directory: str | Path,
     *,
-    k: int = 64,
+    k: int = LM_TOPK,
     tail_samples: int | None = None,
     batch_size: int = 8,
     fingerprint: dict[str, str] | None = None,

@@ -17,6 +17,7 @@ from kdlab.engine.rundir import new_accelerator, use_cpu
 from kdlab.errors import ConfigError
 from kdlab.losses.sparse_teacher import SparseTeacher, sparse_teacher_from_logits
 from kdlab.models.hf import vocab_size
+from kdlab.teacher import lm_topk
 from kdlab.teacher.lm import SPLITS, LiveTeacher, cache_directory, cache_fingerprints, teacher_directory
 from kdlab.teacher.sparse_cache import SparseLogitCache, default_tail_samples, write_sparse_cache
 
@@ -28,7 +29,7 @@ def cache_logits_lm(cfg: RunConfig) -> Path:
     """Top-k teacher logits (k = cache.topk, default 64) of every target token of every split, one cache each."""
     data = load_lm_data(cfg)
     directory = teacher_directory(cfg)
-    k = cfg.cache.topk or 64
+    k = lm_topk(cfg.cache.topk)
     acc = new_accelerator(cpu=use_cpu(cfg.train), mixed_precision=cfg.train.mixed_precision)
     teacher = LiveTeacher(directory, acc.device)
     vocab = vocab_size(teacher.net.model)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from torch import nn
 
 from kdlab import models
@@ -26,7 +25,7 @@ from kdlab.engine.rundir import (
     start_trackers,
     use_cpu,
     versions,
-    write_selection,
+    write_report,
     write_summary,
 )
 from kdlab.engine.speed import fast_teacher
@@ -34,6 +33,7 @@ from kdlab.engine.supervised import fit
 from kdlab.errors import CacheError, ConfigError
 from kdlab.io import atomic_write_text
 from kdlab.losses import proxy_teacher
+from kdlab.methods import SetupContext
 from kdlab.methods import build as build_method
 from kdlab.models.weights import load_weights
 from kdlab.teacher.logit_cache import read_cache, write_cache
@@ -103,7 +103,7 @@ def teacher_and_cache(cfg: RunConfig, data, needs_features: bool = False) -> tup
         if not cache_file.is_file():
             raise CacheError(f"no logit cache at {cache_file}; run `kdlab cache-logits CONFIG` first")
     if cfg.cache.use != "never" and not augmenting and not needs_features and cache_file.is_file():
-        cached = read_cache(cache_file, data.fingerprint, source.fingerprint())
+        cached = read_cache(cache_file, data.fingerprint, source.fingerprint(), cfg.cache.topk)
         return None, cached, f"cached logits {cache_file}"
     teacher = load_teacher(source, data.num_classes, tuple(data.in_shape))
     return teacher, None, source.describe()
@@ -112,7 +112,8 @@ def teacher_and_cache(cfg: RunConfig, data, needs_features: bool = False) -> tup
 def _cache_file(cfg: RunConfig, source, data) -> Path:
     if cfg.cache.path:
         return Path(cfg.cache.path)
-    return source.directory / f"logits-{data.fingerprint[:16]}{source.tag}.safetensors"
+    k = f"-top{cfg.cache.topk}" if cfg.cache.topk else ""  # a cache per k: another k never reads this one
+    return source.directory / f"logits-{data.fingerprint[:16]}{source.tag}{k}.safetensors"
 
 
 def run_classify(
@@ -204,26 +205,37 @@ def _check_describes(cfg: RunConfig, data, model: nn.Module) -> None:
         )
 
 
-def _select_epsilon(method, teacher, cached, data, acc: Accelerator, cfg: RunConfig):
-    """Teacher logits on the validation split, then the method's proxy-teacher selection."""
-    if cached is not None:
-        val_logits = cached["val"]
-    else:
-        val_logits = predict(teacher.to(acc.device), data.x_val, data.num_classes, cfg.train.eval_batch_size, acc)
-    return method.select(val_logits.cpu(), data.y_val)
-
-
 def select_ptloss_classify(cfg: RunConfig, output: Path | None):
-    """``kdlab select-ptloss``: the proxy-teacher selection a ptloss run with ``epsilon: auto`` would make."""
+    """``kdlab select-ptloss``: the proxy-teacher selection a ptloss run with ``epsilon: auto`` would make (the
+    method's own ``setup``, on the teacher's validation logits), written to ``output``."""
     params = {**cfg.method.params(), "epsilon": "auto"}
     data = load_data(cfg)
     method = build_method("ptloss", params, data.num_classes)
     acc = new_accelerator(cpu=use_cpu(cfg.train), mixed_precision=cfg.train.mixed_precision)
     teacher, cached, _ = teacher_and_cache(cfg, data)
-    selection = _select_epsilon(method, teacher, cached, data, acc, cfg)
     out = output or Path(f"{cfg.out}-ptloss-selection")
-    write_selection(out, selection, acc)
-    return selection, out
+
+    def teacher_logits(split: str, rows: int | None = None) -> torch.Tensor:
+        if cached is not None:
+            return cached[split][:rows]
+        x = getattr(data, f"x_{split}")[:rows]
+        return predict(teacher.to(acc.device), x, data.num_classes, cfg.train.eval_batch_size, acc)
+
+    def no_features(side: str, names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+        raise ConfigError("select-ptloss reads no features")
+
+    method.setup(
+        SetupContext(
+            num_classes=data.num_classes,
+            device=acc.device,
+            out_dir=out,
+            teacher_logits=teacher_logits,
+            labels=lambda split, rows=None: getattr(data, f"y_{split}")[:rows],
+            feature_shapes=no_features,
+            write_report=lambda stem, payload, plot: write_report(out, stem, payload, plot, acc),
+        )
+    )
+    return method.selection, out
 
 
 def cache_logits_classify(cfg: RunConfig) -> Path:

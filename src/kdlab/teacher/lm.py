@@ -18,6 +18,7 @@ from kdlab.errors import ConfigError
 from kdlab.losses.sparse_teacher import SparseTeacher, tail_samples_serve, teacher_bucket_logits
 from kdlab.models.hf import HiddenStates, is_model_dir, load_pretrained, weights_digest
 
+from . import lm_topk
 from .logit_cache import CacheError
 from .sparse_cache import SparseLogitCache, warn_unused_tail_samples
 
@@ -153,7 +154,7 @@ def resolve_lm_teacher(cfg: RunConfig, data: TextSplits, student_vocab: int | No
     """The cache when ``cache.use`` asks for it (require) or allows it and it exists (auto), else the live model."""
     directory = teacher_directory(cfg)
     check_teacher_fits(directory, student_vocab, data)
-    k = cfg.cache.topk or 64
+    k = lm_topk(cfg.cache.topk)
     cache = cache_directory(cfg, directory, data, k)
     if cfg.cache.use == "require" and not (cache / "train").is_dir():
         raise CacheError(f"no logit cache at {cache}; run `kdlab cache-logits CONFIG` first")

@@ -64,8 +64,9 @@ def write_cache(path: Path, splits: dict[str, Tensor], data_fp: str, teacher_fp:
     tmp.replace(path)
 
 
-def read_cache(path: Path, data_fp: str, teacher_fp: str) -> dict[str, Tensor]:
-    """Dense logits per split; ``CacheError`` if the file is unreadable or made for other data or teacher."""
+def read_cache(path: Path, data_fp: str, teacher_fp: str, topk: int | None = None) -> dict[str, Tensor]:
+    """Dense logits per split; ``CacheError`` if the file is unreadable, made for other data or teacher, or holds
+    another k than ``topk`` (None: dense) asks for."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
@@ -82,6 +83,15 @@ def read_cache(path: Path, data_fp: str, teacher_fp: str) -> dict[str, Tensor]:
                 "re-run `kdlab cache-logits CONFIG` or set cache.use=never"
             )
     num_classes = int(meta["num_classes"])
+    stored, wanted = int(meta.get("topk", "0")), topk or 0
+    if wanted >= num_classes:
+        wanted = 0  # top-k of every class is the dense cache
+    if stored != wanted:
+        held, asked = (f"top-{k} logits" if k else "dense logits" for k in (stored, wanted))
+        raise CacheError(
+            f"logit cache {path} holds {held}, the config asks for {asked} (cache.topk); "
+            "re-run `kdlab cache-logits CONFIG` or set cache.use=never"
+        )
     out = {}
     for split in ("train", "val", "test"):
         parts = {key.split(".", 1)[1]: value for key, value in tensors.items() if key.startswith(f"{split}.")}
