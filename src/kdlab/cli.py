@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -68,30 +67,11 @@ def _losses_table() -> Table:
     return table
 
 
-def summary_table(rows: list[dict], title: str) -> Table:
-    """One row per run: what it was and how it did on the test split."""
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    for column in ("run", "model", "method", "params", "test acc", "NLL", "ECE", "agree", "KL t‖s", "sec"):
-        table.add_column(column, justify="left" if column in ("run", "model", "method") else "right", no_wrap=True)
+def _tables():
+    """``kdlab.eval.tables``, imported when a command prints (``kdlab --help`` stays light)."""
+    from kdlab.eval import tables
 
-    def fmt(metrics: dict, key: str, digits: int = 3) -> str:
-        return f"{metrics[key]:.{digits}f}" if key in metrics else "-"
-
-    for row in rows:
-        test = row["test"]
-        table.add_row(
-            row["name"],
-            row["model"],
-            row["method"].split("(")[0],
-            f"{row['parameters']:,}",
-            fmt(test, "accuracy", 4),
-            fmt(test, "nll"),
-            fmt(test, "ece"),
-            fmt(test, "agreement"),
-            fmt(test, "kl_teacher"),
-            f"{row['wall_seconds']:.0f}",
-        )
-    return table
+    return tables
 
 
 def _print_task_line(summary: dict) -> None:
@@ -146,7 +126,7 @@ def train_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool = R
 
     summary = train(config, set_, resume=resume, overwrite=overwrite)
     if _main_process():
-        console.print(summary_table([summary], f"trained: {summary['name']}"))
+        console.print(_tables().summary_table([summary], f"trained: {summary['name']}"))
         _print_task_line(summary)
 
 
@@ -157,7 +137,7 @@ def distill_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool =
 
     summary = distill(config, set_, resume=resume, overwrite=overwrite)
     if _main_process():
-        console.print(summary_table([summary], f"distilled: {summary['name']}"))
+        console.print(_tables().summary_table([summary], f"distilled: {summary['name']}"))
         _print_task_line(summary)
 
 
@@ -217,7 +197,7 @@ def chain_command(
         console.print(f"[bold]stage {index + 1}[/] {cfg.name} → {cfg.out}: {verb[action]}")
 
     summaries = chain(config, set_, overwrite=overwrite, on_stage=announce)
-    console.print(summary_table(summaries, f"chain: {Path(summaries[-1]['out']).parent}"))
+    console.print(_tables().summary_table(summaries, f"chain: {Path(summaries[-1]['out']).parent}"))
 
 
 @app.command("sweep")
@@ -234,7 +214,7 @@ def sweep_command(
 
     result = sweep(config, parse_grid(grid), set_, root=out, jobs=jobs, overwrite=overwrite)
     rows = [{**p.summary, "name": p.name} for p in result.points if p.summary is not None]
-    console.print(summary_table(rows, f"sweep: {result.root}"))
+    console.print(_tables().summary_table(rows, f"sweep: {result.root}"))
     console.print("written: " + ", ".join(str(path) for path in result.files.values()))
 
 
@@ -252,48 +232,10 @@ def evaluate_command(
     from kdlab.eval.report import load_run
 
     result = evaluate(run_dir, latency=not no_latency)
-    console.print(evaluation_table(result, f"evaluation of {run_dir}"))
-    console.print(footprint_line(result["footprint"]))
+    console.print(_tables().evaluation_table(result, f"evaluation of {run_dir}"))
+    console.print(_tables().footprint_line(result["footprint"]))
     written = write_run_plots(run_dir / "plots", load_run(run_dir).records, result)
     console.print(f"plots: {', '.join(str(p) for p in written)}")
-
-
-EVAL_COLUMNS = {
-    "perplexity": "ppl",  # causal LMs
-    "accuracy": "acc",
-    "nll": "NLL",
-    "ece": "ECE",
-    "agreement": "agree",
-    "kl_teacher": "KL t‖s",
-    "teacher_accuracy": "teacher acc",
-    "proxy_agreement": "agree proxy",
-    "kl_proxy": "KL proxy‖s",
-}
-
-
-def footprint_line(fp: dict) -> str:
-    """File size, parameters, non-zeros and (if measured) the median CPU latencies, on one line."""
-    line = (
-        f"footprint: {fp['file_bytes']:,} bytes on disk, {fp['parameters']:,} parameters "
-        f"({fp['nonzero_parameters']:,} non-zero, {fp['parameter_bytes']:,} bytes in memory)"
-    )
-    if "latency_ms" in fp:
-        timings = ", ".join(f"batch {k.split('_')[1]} {v:.3f} ms" for k, v in fp["latency_ms"].items())
-        line += f"; CPU latency (median, {fp['threads']} threads): {timings}"
-    return line
-
-
-def evaluation_table(result: dict, title: str) -> Table:
-    """One row per split; fidelity columns only where the run had a teacher (and a proxy teacher)."""
-    splits = [s for s in ("train", "val", "test") if s in result]
-    keys = [k for k in EVAL_COLUMNS if any(k in result[s] for s in splits)]
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    table.add_column("split")
-    for key in keys:
-        table.add_column(EVAL_COLUMNS[key], justify="right")
-    for split in splits:
-        table.add_row(split, *(f"{result[split][k]:.4f}" if k in result[split] else "-" for k in keys))
-    return table
 
 
 @app.command("report")
@@ -315,7 +257,7 @@ def report_command(
             console.print(f"evaluating {run_dir} ...")
             evaluate(run_dir)
     path = write_report(run_dirs, output, title)
-    console.print(summary_table([load_run(d).summary for d in run_dirs], title))
+    console.print(_tables().summary_table([load_run(d).summary for d in run_dirs], title))
     console.print(f"report written to {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
@@ -327,7 +269,7 @@ def demo_command(
     from kdlab.demo import run_demo
 
     rows = run_demo(out, console)
-    console.print(summary_table(rows, "kdlab demo: scikit-learn digits, test split"))
+    console.print(_tables().summary_table(rows, "kdlab demo: scikit-learn digits, test split"))
 
 
 @app.command("compress")
@@ -337,7 +279,7 @@ def compress_command(config: Path = CONFIG, set_: list[str] = SET, overwrite: bo
 
     summary = compress(config, set_, overwrite=overwrite)
     if _main_process():
-        console.print(summary_table([summary], f"compressed: {summary['name']}"))
+        console.print(_tables().summary_table([summary], f"compressed: {summary['name']}"))
         info = summary["compress"]
         for step in info.get("steps", []):
             shape = next((key for key in ("hidden", "channels") if key in step), None)
@@ -356,16 +298,7 @@ def compress_command(config: Path = CONFIG, set_: list[str] = SET, overwrite: bo
             shown = "-" if source_acc is None else f"{source_acc:.4f}"
             console.print(f"source {info['source']}: {info['before']['parameters']} parameters, test acc {shown}")
         if "quantize" in info:
-            console.print(quantize_line(info["quantize"]))
-
-
-def quantize_line(q: dict) -> str:
-    """One line on what int8 quantization kept: accuracy before/after, agreement, bytes on disk."""
-    return (
-        f"int8 {q['mode']} ({q['scheme']}, {q['int8_linear_layers']}/{q['linear_layers']} Linear layers): "
-        f"test acc {q['float_test_accuracy']:.4f} before conversion -> {q['int8_test_accuracy']:.4f} int8, "
-        f"agreement {q['agreement_with_float']:.4f}; {q['float_file_bytes']:,} -> {q['int8_file_bytes']:,} bytes"
-    )
+            console.print(_tables().quantize_line(info["quantize"]))
 
 
 @app.command("export")
