@@ -31,7 +31,7 @@ from _env import environment
 from kdlab.api import cache_logits, distill, train
 from kdlab.eval.plots import save_png
 from kdlab.io import atomic_write_json, atomic_write_text
-from kdlab.losses import sample_epsilons, select_ptloss_epsilon
+from kdlab.methods.selection import sample_epsilons, select_ptloss_epsilon
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SPLIT_SEED = 0  # every run uses the teachers' validation split; the seeds vary initialisation and batch order

@@ -116,3 +116,35 @@ def test_two_processes_match_one(tmp_path):
     assert two["optimizer_steps"] == one["optimizer_steps"]
     for key in ("accuracy", "nll", "agreement", "kl_teacher"):
         assert abs(two["test"][key] - one["test"][key]) < 0.01, key
+
+
+def test_two_processes_train_the_method_modules_like_one(tmp_path):
+    """VID's own modules (mean network, per-channel variances) live in the module DDP wraps with the student: under
+    torchrun with 2 processes their gradients are averaged, so student and method weights match 1 process."""
+    from safetensors.torch import load_file
+
+    teacher = _teacher(tmp_path)
+    cfg = _student(tmp_path / "one", teacher)
+    cfg["model"]["kwargs"]["dropout"] = 0.0
+    cfg["data"]["augment"] = {"hflip": False}
+    cfg["method"] = {"name": "vid", "student_layer": "body.0", "teacher_layer": "body.0", "beta": 0.5}
+    one = distill(cfg)
+    config = tmp_path / "two.yaml"
+    config.write_text(json.dumps(dict(cfg, out=str(tmp_path / "two"))))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    done = subprocess.run(
+        [*command, str(_free_port()), "-m", "kdlab.cli", "distill", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["world_size"] == 2 and two["optimizer_steps"] == one["optimizer_steps"]
+    for file in ("model.safetensors", "method/heads.safetensors"):
+        a, b = load_file(str(tmp_path / "one" / file)), load_file(str(tmp_path / "two" / file))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=f"{file}: {key}")
