@@ -36,6 +36,8 @@ bench-quick: $(STAMP)
 	$(PY) benchmarks/loss_speed.py --quick --vocab 1000 32000 --out benchmarks/results/quick/loss_speed
 	$(PY) benchmarks/engine_overhead.py --quick --out benchmarks/results/quick/engine_overhead
 	$(PY) benchmarks/fidelity_fmnist.py --quick
+	$(PY) benchmarks/fidelity_ensemble_fmnist.py --quick
+	$(PY) benchmarks/feature_kd_fmnist.py --quick
 	$(PY) benchmarks/compress_fmnist.py --quick
 	$(PY) benchmarks/peers/run.py --quick
 	$(PY) benchmarks/lm_stdlib.py --study strong --quick
@@ -48,6 +50,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/ptloss_fmnist.py
 	$(PY) benchmarks/capacity_gap_fmnist.py
 	$(PY) benchmarks/fidelity_fmnist.py
+	$(PY) benchmarks/fidelity_ensemble_fmnist.py
+	$(PY) benchmarks/feature_kd_fmnist.py
 	$(PY) benchmarks/lm_loss.py
 	$(PY) benchmarks/lm_stdlib.py
 	$(PY) benchmarks/lm_stdlib.py --study sparse
