@@ -14,6 +14,7 @@ ensemble for (b). Last epoch, mean ± std over seeds. Results: benchmarks/result
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -99,10 +100,14 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "fidelity-ensemble-fmnist")
     parser.add_argument("--out", type=Path, default=RESULTS / "fidelity_fmnist_ensemble")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--render-only", action="store_true", help="re-draw the Markdown from the JSON result")
     args = parser.parse_args()
     if args.quick:
         args.dataset, args.seeds, args.epochs, args.teacher_epochs = "digits", [0, 1], 3, 3
         args.runs, args.out = args.runs.with_name(args.runs.name + "-quick"), RESULTS / "quick" / args.out.name
+    if args.render_only:
+        render(json.loads(args.out.with_suffix(".json").read_text()), args.out)
+        return
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     teachers, rows = run(args)
@@ -129,18 +134,28 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out.with_suffix(".json"), result)
+    render(result, args.out)
+
+
+def render(result: dict, out: Path) -> None:
+    """The Markdown table from the JSON result (``--render-only`` re-draws it without running anything)."""
+    table, teachers, ensemble_acc = result["rows"], result["member_test_accuracy"], result["ensemble_test_accuracy"]
     env = result["environment"]
+    loaded = env["load_average_1_5_15"][0] > 0.75 * (os.cpu_count() or 1)
     lines = [
         "# Fidelity on Fashion-MNIST: distilling a 3-member ensemble of teachers",
         "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {env['machine']}; load average (1/5/15 min, at the end) {env['load_average_1_5_15']}  ",
+        f"Machine: {env['machine']}; load average (1/5/15 min, at the end) {env['load_average_1_5_15']}"
+        + (
+            ": **a loaded machine** (other jobs shared the cores): wall times are indicative only  " if loaded else "  "
+        ),
         f"Versions: python {env['python']}, torch {env['torch']}, kdlab {env['kdlab']}; {env['date_utc']} UTC; "
         f"wall time {result['wall_seconds'] / 60:.1f} min  ",
-        f"Teachers MLP[256] ({args.teacher_epochs} epochs): member test accuracy {fmt(teachers['member'])} "
-        f"({len(teachers['member'])} members over {len(args.seeds)} seeds); the ensemble's {fmt(ensemble_acc)}. "
-        f"Student MLP[32], pure distillation (alpha 0, beta 1, T 4), {args.epochs} epochs, plain data, "
-        f"seeds {args.seeds}, last epoch, mean ± std. Agreement and KL(teacher ‖ student) are measured against "
+        f"Teachers MLP[256] ({result['teacher_epochs']} epochs): member test accuracy {fmt(teachers)} "
+        f"({len(teachers)} members over {len(result['seeds'])} seeds); the ensemble's {fmt(ensemble_acc)}. "
+        f"Student MLP[32], pure distillation (alpha 0, beta 1, T 4), {result['epochs']} epochs, plain data, "
+        f"seeds {result['seeds']}, last epoch, mean ± std. Agreement and KL(teacher ‖ student) are measured against "
         "the run's own teacher: member 0, or the ensemble (the log of the members' mean probability).",
         "",
         "| teacher | test acc | test agreement | test KL | test NLL | test ECE | train s |",
@@ -149,7 +164,7 @@ def main() -> None:
     for label, entry in table.items():
         cells = [fmt(entry[f"test_{m}"]["runs"]) for m in METRICS]
         lines.append(f"| {label} | {' | '.join(cells)} | {entry['train_seconds']:.0f} |")
-    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
