@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -104,16 +103,20 @@ def test_structured_mlp_pruning_removes_dead_units_exactly():
     assert widths == [2, 2]
 
 
-def _median_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int = 7) -> float:
-    times = []
+def _time_ratio(small: torch.nn.Module, big: torch.nn.Module, x: torch.Tensor, repeats: int = 9) -> float:
+    """Wall time of ``small`` relative to ``big`` on ``x``: the two are timed alternately (a busy spell on a shared
+    host hits both) and each keeps its fastest run (the least disturbed one), so the ratio does not depend on the
+    machine's speed or load, only on the work each model does."""
+    times: dict[int, list[float]] = {0: [], 1: []}
     with torch.inference_mode():
-        for _ in range(2):
+        for model in (small, big, small, big):
             model(x)  # warm-up
         for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+            for which, model in enumerate((small, big)):
+                start = time.perf_counter()
+                model(x)
+                times[which].append(time.perf_counter() - start)
+    return min(times[0]) / min(times[1])
 
 
 def test_structured_pruning_makes_a_wide_mlp_faster():
@@ -123,8 +126,8 @@ def test_structured_pruning_makes_a_wide_mlp_faster():
     assert widths == [512, 512]
     assert linear_macs(small) == 2048 * 512 + 512 * 512 + 512 * 10  # vs 2048*2048*2 + 20480: 6.4x fewer
     x = torch.randn(64, 2048)
-    ratios = [_median_ms(small, x) / _median_ms(model, x) for _ in range(2)]  # two rounds: robust to a busy host
-    assert min(ratios) <= 0.8, ratios
+    ratio = _time_ratio(small, model, x)  # 6.4x fewer MACs; measured 0.28-0.31 on a busy 2-core host
+    assert ratio <= 0.8, ratio
 
 
 def _dead_channel_cnn() -> torch.nn.Module:
@@ -179,8 +182,8 @@ def test_structured_pruning_makes_a_cnn_faster(one_thread):
     assert macs == 32 * 9 * 784 + 32 * 32 * 9 * 784 + 64 * 32 * 9 * 196 + 64 * 64 * 9 * 196 + 640 == 18_289_792
     assert small_macs == 8 * 9 * 784 + 8 * 8 * 9 * 784 + 16 * 8 * 9 * 196 + 16 * 16 * 9 * 196 + 160 == 1_185_568
     x = torch.randn(32, 1, 28, 28)
-    ratios = [_median_ms(small, x) / _median_ms(model, x) for _ in range(2)]  # two rounds: robust to a busy host
-    assert min(ratios) <= 0.8, ratios
+    ratio = _time_ratio(small, model, x)  # 15x fewer MACs; measured 0.20
+    assert ratio <= 0.8, ratio
 
 
 def test_fit_model_rejects_a_model_its_config_does_not_describe(tmp_path):

@@ -59,8 +59,25 @@ def test_batches_are_the_same_rows_for_any_number_of_processes():
 
 
 def test_bf16_autocast_trains_on_cpu_like_float32(tmp_path):
-    full = train(_cfg(tmp_path / "fp32", batch_size=64))
-    half = train(_cfg(tmp_path / "bf16", batch_size=64, mixed_precision="bf16"))
-    assert half["test"]["nll"] != full["test"]["nll"]  # autocast really ran the layers in bfloat16
-    assert abs(half["test"]["nll"] - full["test"]["nll"]) < 0.05
-    assert abs(half["test_accuracy"] - full["test_accuracy"]) < 0.05
+    """The training forward really runs in bfloat16 (a hook sees the first layer's output dtype), and the result
+    stays close to float32's: measured test NLL 1.8039 vs 1.8045 and accuracy 0.622 vs 0.617 (2 of 360 rows)."""
+    from kdlab import models
+    from kdlab.api import fit_model
+
+    summaries, dtypes = {}, {}
+    for precision in ("no", "bf16"):
+        torch.manual_seed(0)
+        student = models.create("mlp", 10, (1, 8, 8), hidden=[16])
+        seen: set[torch.dtype] = set()
+
+        def record(module, inputs, output, seen=seen) -> None:
+            if module.training:
+                seen.add(output.dtype)
+
+        student.body[0][0].register_forward_hook(record)
+        cfg = _cfg(tmp_path / precision, batch_size=64, mixed_precision=precision)
+        summaries[precision], dtypes[precision] = fit_model(cfg, student), seen
+    assert dtypes == {"no": {torch.float32}, "bf16": {torch.bfloat16}}
+    full, half = summaries["no"], summaries["bf16"]
+    assert abs(half["test"]["nll"] - full["test"]["nll"]) < 5e-3
+    assert abs(half["test_accuracy"] - full["test_accuracy"]) <= 0.02

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from kdlab.api import distill, evaluate, train
 from kdlab.config import ConfigError
@@ -129,10 +130,42 @@ def test_a_ptloss_run_without_a_proxy_teacher_still_evaluates(tmp_path, teacher_
 
 
 def test_mixup_distillation_uses_the_live_teacher(tmp_path, teacher_run):
-    plain = distill(_student(tmp_path / "a", teacher_run))
-    mixed = distill(_student(tmp_path / "b", teacher_run, data={"name": "digits", "augment": {"mixup_alpha": 1.0}}))
+    """The first step's KD term is T² · KL(teacher ‖ student) on the *mixed* rows, both networks seeing the same mixed
+    inputs: mixup(the epoch's first 64 training rows, α = 1, the batch's generator), recomputed here in float64 with
+    the initial student and the teacher. The term on the un-mixed rows, or with a teacher that labels the un-mixed
+    rows, is clearly another number."""
+    import copy
+
+    from kdlab import models
+    from kdlab.api import fit_model
+    from kdlab.config import load_config
+    from kdlab.engine.batches import batch_generator, epoch_permutation
+    from kdlab.tasks.classify import load_data
+
+    cfg = _student(tmp_path / "b", teacher_run, data={"name": "digits", "augment": {"mixup_alpha": 1.0}})
+    torch.manual_seed(2)
+    student = models.create("mlp", 10, (1, 8, 8), hidden=[16])
+    initial = copy.deepcopy(student).eval()
+    first: list[dict[str, float]] = []
+    mixed = fit_model(cfg, student, callbacks=[lambda info: first.append(info.terms) if info.global_step == 1 else 0])
     assert mixed["teacher"].startswith("mlp")  # not "cached logits": they cannot follow mixed inputs
-    assert mixed["test"]["agreement"] > 0.5 and mixed["test"]["kl_teacher"] != plain["test"]["kl_teacher"]
+    data = load_data(load_config(cfg))
+    x = data.x_train[epoch_permutation(len(data.y_train), 0, 0)[:64]]
+    x_mixed = mixup(x, 1.0, batch_generator(0, 0, 0, 0))  # seed 0, epoch 0, step 0, rank 0
+    teacher = models.create("mlp", 10, (1, 8, 8), hidden=[32]).eval()
+    teacher.load_state_dict(load_file(str(teacher_run / "model.safetensors")))
+
+    def kd(student_inputs: torch.Tensor, teacher_inputs: torch.Tensor) -> float:
+        with torch.no_grad():
+            log_p = torch.log_softmax(initial(student_inputs).double() / 4, -1)
+            log_q = torch.log_softmax(teacher(teacher_inputs).double() / 4, -1)
+        return float(16 * (log_q.exp() * (log_q - log_p)).sum(-1).mean())  # alpha 0, beta 1, T 4
+
+    assert first[0].keys() == {"kd"}
+    assert first[0]["kd"] == pytest.approx(kd(x_mixed, x_mixed), rel=1e-5)
+    for other in (kd(x, x), kd(x_mixed, x)):
+        assert abs(other - kd(x_mixed, x_mixed)) > 0.05 * kd(x_mixed, x_mixed)
+    assert mixed["test"]["agreement"] > 0.5
 
 
 def test_mixup_is_for_distillation_only(tmp_path):

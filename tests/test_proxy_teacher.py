@@ -43,7 +43,9 @@ def test_shapes_dtypes_and_identity():
     probs = torch.softmax(torch.randn(2, 3, 7), -1)
     q = proxy_teacher(probs, torch.tensor([0.3, -0.1]))
     assert q.shape == probs.shape and q.dtype == torch.float32
-    torch.testing.assert_close(q.sum(-1), torch.ones(2, 3))
+    # leading dimensions are rows, float32 is computed in float64: the value of each row solved on its own
+    for i in range(2):
+        torch.testing.assert_close(q[i], proxy_teacher(probs[i].double(), torch.tensor([0.3, -0.1])).float())
     torch.testing.assert_close(proxy_teacher(probs, torch.zeros(3)), probs)
 
 
@@ -64,10 +66,14 @@ def test_one_hot_and_zero_probability_classes():
 
 
 def test_tiny_probabilities_converge():
+    """π = (1 - 2e-30, 1e-30, 1e-30), ε = (1, 0.5, -0.3): P'(u) = 1 + u - 0.9 u², so P'(0) = 1 and P'(1) = 1.1.
+    The big class has q_0 = 1 - O(1e-30), so λ = π_0 (1/q_0 + P'(1 - q_0)) = 2 - O(1e-30); each tiny class solves
+    π_k (1/q_k + P'(1 - q_k)) = λ with 1 - q_k = 1 - O(1e-30): q_k = π_k / (λ - 1.1 π_k) = 5e-31 (relative error
+    ~1e-30, far below float64's)."""
     pi = torch.tensor([[1 - 2e-30, 1e-30, 1e-30]], dtype=torch.float64)
     q = proxy_teacher(pi, torch.tensor([1.0, 0.5, -0.3]))
-    assert torch.isfinite(q).all() and (q >= 0).all()
-    assert q[0, 1] > 0 and abs(q.sum().item() - 1) < 1e-12
+    assert q[0, 0].item() == 1.0  # 1 - 1e-30 in float64
+    torch.testing.assert_close(q[0, 1:], torch.full((2,), 5e-31, dtype=torch.float64), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -91,3 +97,7 @@ def test_not_converging_warns_and_returns_a_distribution():
     with pytest.warns(RuntimeWarning, match="not converged"):
         q = proxy_teacher(pi, torch.tensor([0.5, 0.3, -0.2]), max_iter=1, tol=0.0)
     torch.testing.assert_close(q.sum(-1), torch.ones(4, dtype=torch.float64))
+    # the last iterate: not yet the proxy (the warning is true), but one step got most of the way from the teacher
+    # (measured: 0.003 from the proxy, the teacher 0.067)
+    solved = proxy_teacher(pi, torch.tensor([0.5, 0.3, -0.2]))
+    assert 1e-9 < (q - solved).abs().max() < 0.2 * (pi - solved).abs().max()

@@ -97,3 +97,76 @@ def test_distill_with_auto_epsilon_and_the_select_command(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "chosen: candidate" in done.stdout
     assert json.loads((tmp_path / "sel" / "ptloss_selection.json").read_text())["epsilon"] == record["epsilon"]
+
+
+def _proxy_m1(pi: torch.Tensor, eps: float) -> torch.Tensor:
+    """The M = 1 proxy teacher by its closed form q_k = π_k / (λ - ε π_k), λ > max_k ε π_k solving Σ q = 1
+    (bisection, all rows at once, float64), written here independently of kdlab.losses.proxy_teacher."""
+
+    def total(lam: torch.Tensor) -> torch.Tensor:
+        return (pi / (lam - eps * pi)).sum(-1, keepdim=True)
+
+    lo = (eps * pi).amax(-1, keepdim=True)  # Σ q → ∞ as λ → lo from above
+    hi = lo.clamp(min=0.0) + 1.0  # Σ q ≤ Σ π / 1 = 1 here: λ = 1 + max(lo, 0) is above the root
+    assert bool((total(hi) <= 1.0 + 1e-12).all())
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        above = total(mid) > 1.0
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return pi / (0.5 * (lo + hi) - eps * pi)
+
+
+def _scores_by_hand(logits: torch.Tensor, labels: torch.Tensor, temperature: float, eps: float) -> dict[str, float]:
+    z = logits.double() / temperature
+    pi = torch.exp(z - z.max(-1, keepdim=True).values)
+    pi = pi / pi.sum(-1, keepdim=True)  # the tempered teacher
+    q = _proxy_m1(pi, eps)
+    onehot = torch.nn.functional.one_hot(labels, logits.shape[-1]).double()
+    q_y = (q * onehot).sum(-1)
+    return {"l2": float(((q - onehot) ** 2).sum(-1).mean()), "tv": float((1 - q_y).mean())}
+
+
+@pytest.fixture(scope="module")
+def overconfident():
+    """A teacher twice as sharp as the truth its labels were drawn from: at T = 1 the proxy should flatten it
+    (ε < 0); at T = 4 it is twice too flat and the proxy should sharpen it (ε > 0)."""
+    gen = torch.Generator().manual_seed(4)
+    truth = torch.randn(400, 5, generator=gen, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(truth, -1), 1, generator=gen).squeeze(1)
+    return 2.0 * truth, labels
+
+
+def test_selection_at_a_temperature_scores_the_tempered_teachers_proxies(overconfident):
+    """Every candidate's L2 and TV score at T = 4 equals the score of the M = 1 proxy of softmax(logits / 4),
+    computed here; T changes the choice (ε < 0 at T = 1, ε > 0 at T = 4), so ignoring T cannot pass."""
+    logits, labels = overconfident
+    eps = torch.tensor([[0.0], [0.6], [-0.6], [0.95], [-0.95], [0.3], [-0.3]], dtype=torch.float64)
+    chosen = {}
+    for temperature in (1.0, 4.0):
+        selection = select_ptloss_epsilon(logits, labels, temperature=temperature, epsilons=eps)
+        assert selection.temperature == temperature
+        expected = [_scores_by_hand(logits, labels, temperature, float(e)) for e in eps[:, 0]]
+        for i, want in enumerate(expected):
+            assert selection.scores[i]["l2"] == pytest.approx(want["l2"], rel=1e-9), (temperature, i)
+            assert selection.scores[i]["tv"] == pytest.approx(want["tv"], rel=1e-9), (temperature, i)
+        assert selection.index == min(range(len(eps)), key=lambda i: expected[i]["l2"])
+        chosen[temperature] = float(selection.epsilon[0])
+    assert chosen[1.0] < 0 < chosen[4.0], chosen
+
+
+def test_the_ptloss_method_selects_at_its_own_temperature(overconfident):
+    """``epsilon: auto`` through the method: the candidates' scores are those of the proxies of the teacher at the
+    method's temperature (3), not at T = 1."""
+    from kdlab.methods import build
+
+    logits, labels = overconfident
+    params = {"epsilon": "auto", "temperature": 3.0, "candidates": 6, "order": 1, "selection_seed": 2}
+    method = build("ptloss", params, 5)
+    selection = method.select(logits.float(), labels)
+    assert selection.temperature == 3.0 and len(selection.scores) == 6
+    for i, candidate in enumerate(selection.candidates):
+        want = _scores_by_hand(logits.float(), labels, 3.0, float(candidate[0]))
+        assert selection.scores[i]["l2"] == pytest.approx(want["l2"], rel=1e-9), i
+        at_one = _scores_by_hand(logits.float(), labels, 1.0, float(candidate[0]))
+        assert abs(at_one["l2"] - want["l2"]) > 1e-3  # the temperature matters at these values
+    assert torch.equal(method.epsilon, selection.epsilon.float())

@@ -114,8 +114,17 @@ def test_two_processes_match_one(tmp_path):
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert two["optimizer_steps"] == one["optimizer_steps"]
-    for key in ("accuracy", "nll", "agreement", "kl_teacher"):
-        assert abs(two["test"][key] - one["test"][key]) < 0.01, key
+    # the same rows per step, DDP's mean of the two halves' gradients = the mean over the whole batch: the same
+    # weights up to float32 rounding (measured: 6e-8; nll 5e-9)
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    for key in ("accuracy", "agreement"):
+        assert two["test"][key] == one["test"][key], key
+    for key in ("nll", "kl_teacher"):
+        assert two["test"][key] == pytest.approx(one["test"][key], rel=1e-4, abs=1e-6), key
 
 
 def test_two_processes_train_the_method_modules_like_one(tmp_path):
