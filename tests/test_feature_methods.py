@@ -212,3 +212,33 @@ def test_a_wrong_layer_name_is_one_line_listing_the_real_ones(tmp_path, cnn_teac
 def test_unpaired_layers_are_a_config_error():
     with pytest.raises(ConfigError, match="pair up"):
         build("vid", {"student_layer": ["a", "b"], "teacher_layer": "c"}, 3)
+
+
+def test_feature_methods_read_teacher_features_from_the_cache(tmp_path, cnn_teacher):
+    """kdlab cache-logits with cache.features stores the teacher's layer outputs (float16); a FitNets run then
+    distils from the cache without running the teacher, and trains the student the live run trains, up to that
+    rounding. A cache without the features is not used (auto) or refused naming them (require)."""
+    from kdlab.api import cache_logits
+    from kdlab.errors import CacheError
+    from kdlab.teacher.logit_cache import read_cached_features
+
+    method = {"name": "fitnets", "student_layer": "layer1", "teacher_layer": "layer2", "beta": 0.5}
+    cache = {"path": str(tmp_path / "cache.safetensors"), "features": ["layer2"]}
+    live = distill(_student(tmp_path / "live", cnn_teacher, method))
+    path = cache_logits({**_student(tmp_path / "unused", cnn_teacher, method), "cache": cache})
+    features = read_cached_features(path, ("layer2",))
+    assert features["train"]["layer2"].shape[1:] == (16, 2, 2) and set(features) == {"train", "val", "test"}
+    cached = distill({**_student(tmp_path / "cached", cnn_teacher, method), "cache": cache})
+    assert cached["teacher"] == f"cached logits {path}" and live["teacher"].startswith("cnn from")
+    a, b = (
+        load_file(str(tmp_path / "live" / "model.safetensors")),
+        load_file(str(tmp_path / "cached" / "model.safetensors")),
+    )
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert 0 < worst < 5e-2  # float16 features and logits: close to the live run, not bit-identical
+    without = {"path": str(tmp_path / "plain.safetensors")}
+    cache_logits({**_student(tmp_path / "unused", cnn_teacher, method), "cache": without})
+    auto = distill({**_student(tmp_path / "auto", cnn_teacher, method), "cache": without})
+    assert auto["teacher"].startswith("cnn from")  # the cache lacks layer2: the live teacher
+    with pytest.raises(CacheError, match=r"holds no teacher features \['layer2'\] \(it holds none\)"):
+        distill({**_student(tmp_path / "req", cnn_teacher, method), "cache": {**without, "use": "require"}})

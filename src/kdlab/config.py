@@ -163,6 +163,9 @@ class CacheConfig(_Strict):
     use: Literal["auto", "never", "require"] = "auto"
     path: str | None = None
     topk: int | None = Field(None, ge=1)
+    # classify: teacher submodules whose outputs kdlab cache-logits also stores (float16, every split), so that
+    # feature methods (fitnets, vid) can read the cache instead of running the teacher
+    features: list[str] = Field(default_factory=list)
     # causal_lm caches: classes drawn per token from the teacher's tail (outside the top k); they make the KD/PTLoss
     # loss an unbiased estimate of the dense one (kdlab.losses.sparse_teacher). Default: as many as keep a token
     # under 300 bytes (54 at k = 64 and 2,048 classes, 22 at 32,000). 0 = none drawn by cache-logits, none used by
@@ -247,6 +250,8 @@ class CausalLMConfig(RunBase):
     def _single_teacher(self) -> CausalLMConfig:
         if self.teacher is not None and self.teacher.ensemble is not None:
             raise ValueError("teacher.ensemble is for task: classify; a causal LM distils from one teacher.run")
+        if self.cache.features:
+            raise ValueError("cache.features is for task: classify (a causal LM's cache holds top-k logits)")
         return self
 
 

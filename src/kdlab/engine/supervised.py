@@ -109,16 +109,22 @@ class ClassifyStep:
         self.teacher = None if teacher is None else teacher.to(acc.device).eval().requires_grad_(False)
         self.data = {k: getattr(data, k).to(acc.device) for k in ("x_train", "y_train", "x_val", "y_val", "x_test")}
         self.data["y_test"] = data.y_test.to(acc.device)
-        self.cached = {k: v.to(acc.device) for k, v in (cached_logits or {}).items()}
+        cached = dict(cached_logits or {})
+        features = cached.pop("features", {})  # teacher features from the cache: {split: {name: tensor}}
+        self.cached = {k: v.to(acc.device) for k, v in cached.items()}
+        self.cached_features = {s: {n: t.to(acc.device) for n, t in f.items()} for s, f in features.items()}
         if augment_cfg.enabled and "train" in self.cached:
             raise ConfigError("cached teacher logits cannot follow augmented training inputs; pass a live teacher")
         needs = method.requires()
         self.needs_teacher = method.needs_teacher
         self.student_tap = tap(self.student, needs.student_features, detach=False)
         self.teacher_tap = None
-        if needs.teacher_features:
+        if needs.teacher_features and not set(needs.teacher_features) <= set(self.cached_features.get("train", {})):
             if self.teacher is None:
-                raise ConfigError(f"method {method.name!r} needs teacher features: a live teacher, not cached logits")
+                raise ConfigError(
+                    f"method {method.name!r} needs teacher features {list(needs.teacher_features)}: a live teacher, "
+                    "or a cache made with them (cache.features)"
+                )
             self.teacher_tap = tap(self.teacher, needs.teacher_features, detach=True)
         fit_rows = train_eval_rows(self.rows, cfg.train_eval_size, seed).to(acc.device)
         self.teacher_split_logits: dict[str, Tensor | None] = {}
@@ -150,6 +156,9 @@ class ClassifyStep:
 
     @torch.no_grad()
     def feature_shapes(self, side: str, names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+        cached = self.cached_features.get("train", {})
+        if side == "teacher" and set(names) <= set(cached):
+            return {name: tuple(cached[name].shape[1:]) for name in names}
         model = self.student if side == "student" else self.teacher
         if model is None:
             raise ConfigError(f"method {self.method.name!r} needs teacher features: a live teacher")
@@ -203,7 +212,9 @@ class ClassifyStep:
 
     def _teacher_outputs(self, batch: dict[str, Tensor]) -> Outputs:
         if "train" in self.cached and self.teacher_tap is None:
-            return Outputs(logits=self.cached["train"][batch["index"]])
+            index = batch["index"]
+            features = {n: t[index] for n, t in self.cached_features.get("train", {}).items()}
+            return Outputs(logits=self.cached["train"][index], features=features)
         if self.teacher is None:
             return Outputs()
         with torch.inference_mode():

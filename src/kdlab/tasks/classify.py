@@ -29,14 +29,14 @@ from kdlab.engine.rundir import (
     write_summary,
 )
 from kdlab.engine.speed import fast_teacher
-from kdlab.engine.supervised import fit
+from kdlab.engine.supervised import fit, tap
 from kdlab.errors import CacheError, ConfigError
 from kdlab.io import atomic_write_text
 from kdlab.losses import proxy_teacher
 from kdlab.methods import SetupContext
 from kdlab.methods import build as build_method
 from kdlab.models.weights import load_weights
-from kdlab.teacher.logit_cache import read_cache, write_cache
+from kdlab.teacher.logit_cache import cached_feature_names, read_cache, read_cached_features, write_cache
 from kdlab.teacher.source import load_teacher, resolve_teacher
 
 from .base import Task, register
@@ -88,22 +88,28 @@ def build_student(cfg: RunConfig, data) -> nn.Module:
     return models.create(cfg.model.name, data.num_classes, tuple(data.in_shape), **cfg.model.kwargs)
 
 
-def teacher_and_cache(cfg: RunConfig, data, needs_features: bool = False) -> tuple[nn.Module | None, dict | None, str]:
-    """The live teacher, or cached logits when a valid cache exists, augmentation is off and the method needs
-    no teacher features."""
+def teacher_and_cache(
+    cfg: RunConfig, data, features: tuple[str, ...] = ()
+) -> tuple[nn.Module | None, dict | None, str]:
+    """The live teacher, or cached logits when a valid cache exists and augmentation is off — and, when the method
+    reads teacher ``features``, a cache that holds them (``cache.features``; else the live teacher). Cached
+    features come back in the logits dict under ``"features"``: ``{split: {name: tensor}}``."""
     source = resolve_teacher(cfg.teacher)
     _warn_if_split_overlaps(cfg, source)
     cache_file = _cache_file(cfg, source, data)
     augmenting = cfg.data.augment.enabled
-    if needs_features and cfg.cache.use == "require":
-        raise ConfigError(f"method {cfg.method.name!r} reads the teacher's features: cache.use=require cannot serve")
     if cfg.cache.use == "require":
         if augmenting:
             raise ConfigError("cache.use=require with data augmentation: cached logits cannot follow augmented inputs")
         if not cache_file.is_file():
             raise CacheError(f"no logit cache at {cache_file}; run `kdlab cache-logits CONFIG` first")
-    if cfg.cache.use != "never" and not augmenting and not needs_features and cache_file.is_file():
-        cached = read_cache(cache_file, data.fingerprint, source.fingerprint(), cfg.cache.topk)
+    usable = cfg.cache.use != "never" and not augmenting and cache_file.is_file()
+    if usable and features and cfg.cache.use != "require":  # auto: a cache without these features is not used
+        usable = set(features) <= set(cached_feature_names(cache_file))
+    if usable:
+        cached: dict = read_cache(cache_file, data.fingerprint, source.fingerprint(), cfg.cache.topk)
+        if features:
+            cached["features"] = read_cached_features(cache_file, features)
         return None, cached, f"cached logits {cache_file}"
     teacher = load_teacher(source, data.num_classes, tuple(data.in_shape))
     return teacher, None, source.describe()
@@ -136,7 +142,7 @@ def run_classify(
     acc = run_accelerator(cfg.train, cfg.tracking, out)
     teacher, cached, teacher_desc = (None, None, None)
     if distilling and method.needs_teacher:  # before touching `out`: a bad teacher leaves nothing behind
-        teacher, cached, teacher_desc = teacher_and_cache(cfg, data, bool(method.requires().teacher_features))
+        teacher, cached, teacher_desc = teacher_and_cache(cfg, data, method.requires().teacher_features)
         if teacher is not None:
             t = cfg.teacher
             teacher = fast_teacher(teacher, channels_last=t.channels_last, precision=t.precision, compile=t.compile)
@@ -249,11 +255,33 @@ def cache_logits_classify(cfg: RunConfig) -> Path:
         split: predict(teacher, getattr(data, f"x_{split}"), data.num_classes, cfg.train.eval_batch_size, acc)
         for split in ("train", "val", "test")
     }
+    features = None
+    if cfg.cache.features and acc.is_main_process:
+        names = tuple(cfg.cache.features)
+        batch = cfg.train.eval_batch_size
+        features = {s: teacher_features(teacher, getattr(data, f"x_{s}"), names, batch) for s in splits}
     path = _cache_file(cfg, source, data)
     if acc.is_main_process:
-        write_cache(path, splits, data.fingerprint, source.fingerprint(), cfg.cache.topk)
+        write_cache(path, splits, data.fingerprint, source.fingerprint(), cfg.cache.topk, features)
     acc.wait_for_everyone()
     return path
+
+
+@torch.inference_mode()
+def teacher_features(
+    teacher: nn.Module, x: torch.Tensor, names: tuple[str, ...], batch: int
+) -> dict[str, torch.Tensor]:
+    """The outputs of the teacher's submodules ``names`` over a whole split, in float16 on the CPU."""
+    device = next(teacher.parameters()).device
+    probe = tap(teacher.eval(), names, detach=True)
+    assert probe is not None
+    pieces: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    with probe:
+        for start in range(0, len(x), batch):
+            teacher(x[start : start + batch].to(device))
+            for n in names:
+                pieces[n].append(probe.features[n].half().cpu())
+    return {n: torch.cat(parts) for n, parts in pieces.items()}
 
 
 def evaluate_classify(run: Path, cfg: RunConfig, splits: tuple[str, ...], latency: bool) -> dict[str, Any]:

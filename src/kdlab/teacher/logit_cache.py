@@ -23,6 +23,7 @@ from torch import Tensor
 from kdlab.errors import CacheError
 
 FORMAT_VERSION = "1"
+FEATURE = "feature:"  # key prefix of a cached teacher feature: "<split>.feature:<submodule name>"
 
 
 def encode(logits: Tensor, topk: int | None) -> dict[str, Tensor]:
@@ -45,18 +46,30 @@ def decode(tensors: dict[str, Tensor], num_classes: int) -> Tensor:
     return dense.scatter_(-1, indices, values)
 
 
-def write_cache(path: Path, splits: dict[str, Tensor], data_fp: str, teacher_fp: str, topk: int | None) -> None:
+def write_cache(
+    path: Path,
+    splits: dict[str, Tensor],
+    data_fp: str,
+    teacher_fp: str,
+    topk: int | None,
+    features: dict[str, dict[str, Tensor]] | None = None,
+) -> None:
+    """Logits per split (dense float16 or top-k) and, optionally, named teacher features per split (float16)."""
     tensors = {
         f"{split}.{key}": value.contiguous().cpu()
         for split, logits in splits.items()
         for key, value in encode(logits, topk).items()
     }
+    for split, named in (features or {}).items():
+        for name, value in named.items():
+            tensors[f"{split}.{FEATURE}{name}"] = value.half().contiguous().cpu()
     meta = {
         "format": FORMAT_VERSION,
         "data_fingerprint": data_fp,
         "teacher_fingerprint": teacher_fp,
         "topk": str(topk or 0),
         "num_classes": str(next(iter(splits.values())).shape[-1]),
+        "features": ",".join(sorted({n for named in (features or {}).values() for n in named})),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -94,7 +107,33 @@ def read_cache(path: Path, data_fp: str, teacher_fp: str, topk: int | None = Non
         )
     out = {}
     for split in ("train", "val", "test"):
-        parts = {key.split(".", 1)[1]: value for key, value in tensors.items() if key.startswith(f"{split}.")}
+        parts = {
+            key.split(".", 1)[1]: value
+            for key, value in tensors.items()
+            if key.startswith(f"{split}.") and not key.split(".", 1)[1].startswith(FEATURE)
+        }
         if parts:
             out[split] = decode(parts, num_classes)
     return out
+
+
+def read_cached_features(path: Path, names: tuple[str, ...]) -> dict[str, dict[str, Tensor]]:
+    """The named teacher features per split (float32) of a cache ``read_cache`` accepted; ``CacheError`` naming
+    what is missing when the cache was made without them (``cache.features``)."""
+    with safe_open(str(path), framework="pt") as handle:
+        held = [n for n in (handle.metadata() or {}).get("features", "").split(",") if n]
+        missing = [n for n in names if n not in held]
+        if missing:
+            raise CacheError(
+                f"logit cache {path} holds no teacher features {missing} (it holds {held or 'none'}); "
+                "add them to cache.features and re-run `kdlab cache-logits CONFIG`"
+            )
+        return {
+            split: {n: handle.get_tensor(f"{split}.{FEATURE}{n}").float() for n in names}
+            for split in ("train", "val", "test")
+        }
+
+
+def cached_feature_names(path: Path) -> list[str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return [n for n in (handle.metadata() or {}).get("features", "").split(",") if n]
