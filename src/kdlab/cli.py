@@ -330,8 +330,7 @@ def main() -> None:
     """Entry point: a user error becomes one red line and exit code 2, never a traceback."""
     import warnings
 
-    from kdlab.engine import TrainingError
-    from kdlab.engine.processes import end_process_group
+    from kdlab.errors import TrainingError  # light: --help must not import torch
 
     warnings.showwarning = _one_line_warning
     finished = False
@@ -345,7 +344,10 @@ def main() -> None:
         Console(stderr=True, width=console.width).print(f"[bold red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)
     finally:  # under torchrun: tear the process group down before exit (kdlab.engine.end_process_group)
-        end_process_group(wait=finished)
+        if "torch" in sys.modules:  # nothing imported torch (e.g. --help): no process group can exist
+            from kdlab.engine.processes import end_process_group
+
+            end_process_group(wait=finished)
 
 
 if __name__ == "__main__":
