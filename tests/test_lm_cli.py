@@ -16,9 +16,9 @@ from kdlab.cli import main
 from kdlab.config import load_config
 from kdlab.data.text import load_text
 from kdlab.engine.loop import StepInfo
-from kdlab.losses.sparse_teacher import SparseTeacher
 from kdlab.methods import Outputs, StepState
 from kdlab.methods import build as build_method
+from kdlab.methods.token import teacher_outputs
 from kdlab.models.hf import HiddenStates, load_pretrained
 from kdlab.teacher.lm import CachedTeacher, LiveTeacher, cache_fingerprints
 from kdlab.teacher.sparse_cache import SparseLogitCache
@@ -189,12 +189,7 @@ def test_cache_round_trip_equals_the_live_teacher(corpus, teacher_run, one_threa
         built = build_method(method["name"], {k: v for k, v in method.items() if k != "name"}, 0, task="causal_lm")
 
         def objective(given) -> dict[str, torch.Tensor]:
-            if isinstance(given, SparseTeacher):
-                teacher_out = Outputs(sparse=given)
-            elif isinstance(given, tuple):
-                teacher_out = Outputs(hidden=given[0], head_weight=given[1])
-            else:
-                teacher_out = Outputs(logits=given)
+            teacher_out = teacher_outputs(given)
             batch = {"targets": ids[:, 1:], "num_items": 1000}
             return built.compute(batch, Outputs(hidden=hidden, head_weight=weight), teacher_out, StepState(0, 0, 1, 0))  # noqa: B023
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from kdlab.losses import SparseTeacher
 from kdlab.methods import Method, Outputs, StepState
+from kdlab.methods.token import teacher_outputs
 from kdlab.teacher.sparse_cache import SparseLogitCache
 
 from .cache import CACHE_COLUMN, sparse_teacher_for_batch
@@ -74,13 +75,7 @@ def compute_distillation(
     labels = target_labels(inputs)
     head = output_head(student, "student")
     hidden, outputs = hidden_states(student, head, model_inputs)
-    teacher_arg = _teacher_input(teacher, inputs, model_inputs, hidden.device)
-    if isinstance(teacher_arg, SparseTeacher):
-        teacher_out = Outputs(sparse=teacher_arg)
-    elif isinstance(teacher_arg, tuple):
-        teacher_out = Outputs(hidden=teacher_arg[0], head_weight=teacher_arg[1])
-    else:
-        teacher_out = Outputs(logits=teacher_arg)
+    teacher_out = teacher_outputs(_teacher_input(teacher, inputs, model_inputs, hidden.device))
     batch = {"targets": labels[:, 1:], "ignore_index": IGNORE_INDEX, "num_items": num_items_in_batch}
     student_out = Outputs(hidden=hidden[:, :-1], head_weight=head.weight)
     terms = method.compute(batch, student_out, teacher_out, _NO_SCHEDULE)

@@ -42,6 +42,16 @@ def one_hot(targets: Tensor) -> SparseTeacher:
     )
 
 
+def teacher_outputs(given: Any) -> Outputs:
+    """A teacher as the fused loss takes it — a ``SparseTeacher``, ``(hidden, head weight)`` or dense logits — as
+    the ``Outputs`` a method reads (the inverse of ``teacher_input``)."""
+    if isinstance(given, SparseTeacher):
+        return Outputs(sparse=given)
+    if isinstance(given, tuple):
+        return Outputs(hidden=given[0], head_weight=given[1])
+    return Outputs(logits=given)
+
+
 def teacher_input(teacher: Outputs, loss: str, temperature: float) -> Any:
     """What the fused loss takes as the teacher: a sparse cache's rows, (hidden, head weight), or dense logits."""
     if teacher.sparse is not None:

@@ -39,9 +39,9 @@ from kdlab.engine.rundir import (
 )
 from kdlab.errors import ConfigError
 from kdlab.io import atomic_write_text
-from kdlab.losses.sparse_teacher import SparseTeacher
 from kdlab.methods import Method, Outputs, SetupContext
 from kdlab.methods import build as build_method
+from kdlab.methods.token import teacher_outputs
 from kdlab.models import count_parameters
 from kdlab.models.hf import HiddenStates, build_causal_lm, load_pretrained, vocab_size
 from kdlab.teacher.lm import (
@@ -52,7 +52,6 @@ from kdlab.teacher.logit_cache import CacheError
 
 from .base import Task, register
 
-DIVERGENCES = ("kd", "ptloss", "reverse_kl", "jsd")
 EVAL_LOGITS = 1 << 24  # logits per evaluation batch (64 MB of float32)
 
 
@@ -247,12 +246,7 @@ class LMStep:
         teacher = None
         if self.method.needs_teacher:
             with torch.autocast(self.acc.device.type, enabled=False):  # the teacher keeps its own precision
-                given = self.teacher.train_input(batch["index"], batch["ids"])
-            teacher = (
-                Outputs(sparse=given)
-                if isinstance(given, SparseTeacher)
-                else Outputs(hidden=given[0], head_weight=given[1])
-            )
+                teacher = teacher_outputs(self.teacher.train_input(batch["index"], batch["ids"]))
         hidden = model(batch["ids"])[:, :-1]
         return Outputs(hidden=hidden, head_weight=self.student.head_weight), teacher
 
