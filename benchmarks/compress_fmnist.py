@@ -38,7 +38,8 @@ from kdlab.config import load_config
 from kdlab.eval.footprint import footprint
 from kdlab.eval.plots import save_png
 from kdlab.io import atomic_write_json, atomic_write_text
-from kdlab.tasks.classify import load_data, load_run_model
+from kdlab.tasks.classify import load_data
+from kdlab.tasks.classify_eval import load_run_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SPARSITIES = (0.5, 0.75, 0.9)

@@ -1,10 +1,11 @@
 """The last, shorter accumulation window of an epoch, for the image task, against a float64 loop written here.
 
-``kdlab.engine.fit`` with ``grad_accum = 3`` over 5 micro-batches per epoch makes two optimizer steps: one over
-3 micro-batches and one over the remaining 2. Each step must use the mean loss over exactly the rows of its
-window (dividing the last window by ``grad_accum`` instead of by 2 scales its gradient by 2/3). The reference
-below is plain SGD on a float64 copy of the student: one step per window, on the mean cross-entropy of the
-window's rows, which are taken from the epoch permutation in order (``batch_size`` rows per micro-batch).
+``kdlab.engine.fit`` with ``grad_accum = 3`` over 22 rows in micro-batches of 4 makes two optimizer steps. With
+``drop_last``: 5 micro-batches, windows of 3 and 2 (12 and 8 rows; dividing the last by ``grad_accum`` instead of
+by 2 scales its gradient by 2/3). Without (the default): 6 micro-batches, the last of 2 rows, windows of 12 and
+10 rows — the partial batch must count per row (weighting it as a whole batch doubles its rows' weight). The
+reference is plain SGD on a float64 copy of the student: one step per window, on the mean cross-entropy of the
+window's rows, taken from the epoch permutation in order.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from kdlab.methods import build
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROWS, FEATURES, CLASSES = 22, 5, 3
-BATCH, ACCUM, LR, SEED = 4, 3, 0.5, 7  # 22 // 4 = 5 micro-batches (2 rows dropped): windows of 3 and 2
+BATCH, ACCUM, LR, SEED = 4, 3, 0.5, 7
 
 
 def _data() -> Splits:
@@ -38,13 +39,14 @@ def _student() -> nn.Module:
     return nn.Sequential(nn.Linear(FEATURES, 6), nn.Tanh(), nn.Linear(6, CLASSES))
 
 
-def _reference(student: nn.Module, data: Splits) -> dict[str, torch.Tensor]:
+def _reference(student: nn.Module, data: Splits, drop_last: bool) -> dict[str, torch.Tensor]:
     """SGD in float64: per window, one step on the mean cross-entropy over exactly the window's rows."""
     model = copy.deepcopy(student).double()
-    micro = ROWS // BATCH
-    order = epoch_permutation(ROWS, SEED, 0)[: micro * BATCH]
-    windows = [order[start * BATCH : min(start + ACCUM, micro) * BATCH] for start in range(0, micro, ACCUM)]
-    assert [len(w) for w in windows] == [ACCUM * BATCH, (micro - ACCUM) * BATCH] == [12, 8]
+    used = ROWS // BATCH * BATCH if drop_last else ROWS
+    order = epoch_permutation(ROWS, SEED, 0)[:used]
+    window = ACCUM * BATCH
+    windows = [order[start : start + window] for start in range(0, used, window)]
+    assert [len(w) for w in windows] == ([12, 8] if drop_last else [12, 10])
     for rows in windows:
         logits = model(data.x_train[rows].double())
         loss = nn.functional.cross_entropy(logits, data.y_train[rows])  # the mean over the window's rows
@@ -55,10 +57,19 @@ def _reference(student: nn.Module, data: Splits) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in model.state_dict().items()}
 
 
-def test_the_last_shorter_window_is_the_mean_over_its_own_rows(tmp_path):
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_the_last_shorter_window_is_the_mean_over_its_own_rows(tmp_path, drop_last):
     data, student = _data(), _student()
-    expected = _reference(student, data)
-    cfg = TrainConfig(epochs=1, batch_size=BATCH, grad_accum=ACCUM, cpu=True, progress=False, train_eval_size=0)
+    expected = _reference(student, data, drop_last)
+    cfg = TrainConfig(
+        epochs=1,
+        batch_size=BATCH,
+        grad_accum=ACCUM,
+        drop_last=drop_last,
+        cpu=True,
+        progress=False,
+        train_eval_size=0,
+    )
     result = fit(
         student,
         data,

@@ -53,9 +53,12 @@ def test_batches_are_the_same_rows_for_any_number_of_processes():
     perm = epoch_permutation(100, seed=0, epoch=3)
     assert torch.equal(perm, epoch_permutation(100, seed=0, epoch=3))
     assert not torch.equal(perm, epoch_permutation(100, seed=0, epoch=4))
-    one = batch_indices(perm, 2, 8, rank=0, world=1)
-    two = torch.cat([batch_indices(perm, 2, 8, rank=r, world=2) for r in range(2)])
-    assert sorted(one.tolist()) == sorted(two.tolist())
+    one = batch_indices(perm, 2, 8, 8, rank=0, world=1)
+    two = torch.cat([batch_indices(perm, 2, 8, 8, rank=r, world=2) for r in range(2)])
+    assert sorted(one.tolist()) == sorted(two.tolist()) == sorted(perm[16:24].tolist())
+    last = [batch_indices(perm, 12, 8, 4, rank=r, world=3) for r in range(3)]  # rows 96..99, dealt 2 + 1 + 1
+    assert [len(part) for part in last] == [2, 1, 1]
+    assert sorted(torch.cat(last).tolist()) == sorted(perm[96:].tolist())
 
 
 def test_bf16_autocast_trains_on_cpu_like_float32(tmp_path):

@@ -28,9 +28,9 @@ def test_tensorboard_and_mlflow_get_the_epoch_metrics(tmp_path, monkeypatch):
 
     accumulator = EventAccumulator(str(events[0].parent))
     accumulator.Reload()
-    assert [e.step for e in accumulator.Scalars("val/accuracy")] == [10, 20]
+    assert [e.step for e in accumulator.Scalars("val/accuracy")] == [11, 22]  # 1,293 rows / 128: 10 + 1 partial
     mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert len(runs) == 1
     history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "val/accuracy")
-    assert [m.step for m in history] == [10, 20] and 0 < history[-1].value <= 1
+    assert [m.step for m in history] == [11, 22] and 0 < history[-1].value <= 1

@@ -13,7 +13,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+local"
 
-_API = ("train", "distill", "fit_model", "evaluate", "cache_logits", "select_ptloss")
+_API = ("train", "distill", "fit_model", "evaluate", "load_model", "cache_logits", "select_ptloss")
 
 __all__ = ["__version__", *_API]
 

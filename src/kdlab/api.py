@@ -1,5 +1,5 @@
 """One call per command — what the CLI and users' scripts call: ``train``, ``distill``, ``fit_model``,
-``evaluate``, ``cache_logits``, ``select_ptloss`` (also as ``kdlab.train``, ``kdlab.distill``, ...).
+``evaluate``, ``load_model``, ``cache_logits``, ``select_ptloss`` (also as ``kdlab.train``, ``kdlab.distill``, ...).
 
 Each takes a config (YAML path, dict or a run config) and hands it to its task (``kdlab.tasks``), which writes
 the run directory of DESIGN §3.4: config.yaml (resolved), metrics.jsonl, checkpoints/, model.safetensors and,
@@ -101,6 +101,16 @@ def evaluate(
         raise ConfigError(f"{run} is not a finished kdlab run directory (config.yaml and model.safetensors needed)")
     cfg = load_config(run / "config.yaml")
     return write_evaluation(run, tasks.get(cfg.task).evaluate(run, cfg, splits, latency))
+
+
+def load_model(run_dir: str | Path) -> nn.Module:
+    """A finished run's model on CPU in eval mode, for the values you have: a classifier takes raw features (a
+    CSV's numbers, 0..255 pixels) — the run's saved preprocessing is its first operation."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file() or not (run / "model.safetensors").is_file():
+        raise ConfigError(f"{run} is not a finished kdlab run directory (config.yaml and model.safetensors needed)")
+    cfg = load_config(run / "config.yaml")
+    return tasks.get(cfg.task).load_model(run, cfg)
 
 
 def summary_line(summary: dict[str, Any]) -> str | None:

@@ -8,6 +8,7 @@ to the raw mapping before validation, values parsed as YAML (``--set train.epoch
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,7 +28,7 @@ from kdlab.errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class AugmentConfig(_Strict):
@@ -51,7 +52,15 @@ class DataConfig(_Strict):
 
     name: str = "digits"
     path: str | None = None
-    val_fraction: float = Field(0.1, gt=0, lt=1)
+    # csv: the user's own validation / test files (same columns); image_folder: use path/val/, path/test/
+    val_path: str | None = None
+    test_path: str | None = None
+    image_size: int | None = Field(None, ge=1, description="image_folder: resize every image to this square")
+    # standardise features with the training split's mean/std (saved as preprocess.json in the run); false: the
+    # model sees the raw values (8-bit pixels scaled to [0, 1])
+    standardize: bool = True
+    # 0: no carve-out (a val_path, a source's own validation split, or none: then nothing is selected on it)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
     # the validation split is carved from train by this seed (default: the run's seed); give a student the
     # teacher's split seed so that the teacher never trained on the student's validation rows
     split_seed: int | None = None
@@ -85,6 +94,14 @@ class TeacherConfig(_Strict):
     weights: str | None = None
     ensemble: list[TeacherConfig] | None = Field(None, min_length=2)
     checkpoint_epoch: int | None = Field(None, ge=1, description="the run's weights after this epoch (kept)")
+    # the input a teacher from model + weights was trained on: standardised (kdlab's train statistics of this
+    # data) or raw features; default: the same as the student's (data.standardize). A teacher run brings its own
+    # preprocess.json and is fed exactly what it was trained on.
+    standardize: bool | None = None
+    # the teacher's accuracy on the validation split is measured before training; "warn"/"error" when it is near
+    # chance or more than 5 points below expected_accuracy (or the teacher run's own validation accuracy)
+    check: Literal["warn", "error", "off"] = "warn"
+    expected_accuracy: float | None = Field(None, gt=0, le=1)
     # speed switches for the live teacher (kdlab.engine.speed; measured in benchmarks/results/peers.md)
     channels_last: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -101,6 +118,8 @@ class TeacherConfig(_Strict):
             raise ValueError("give either teacher.run, or teacher.model and teacher.weights, or teacher.ensemble")
         if self.checkpoint_epoch is not None and self.run is None:
             raise ValueError("teacher.checkpoint_epoch needs teacher.run (a run that kept that epoch)")
+        if self.standardize is not None and self.run is not None:
+            raise ValueError("teacher.standardize is for teacher.model + weights; a teacher run brings its own")
         return self
 
 
@@ -126,6 +145,8 @@ class TrainConfig(_Strict):
     # per-epoch fidelity on a fixed, seeded subset of the training split (train_eval/* in metrics.jsonl); 0 = off
     train_eval_size: int = Field(2000, ge=0)
     batch_size: int = Field(128, ge=1)
+    # False: an epoch's last, partial batch trains too (weighted per row); True: it is skipped
+    drop_last: bool = False
     eval_batch_size: int = Field(1024, ge=1)
     grad_accum: int = Field(1, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -152,7 +173,7 @@ class TrainConfig(_Strict):
 class MethodConfig(BaseModel):
     """``name`` plus the method's own hyper-parameters (validated by the method's ``Params`` model)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str = "ce"
 
     def params(self) -> dict[str, Any]:
@@ -298,6 +319,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     return raw
 
 
+def _check_finite(node: Any, where: str = "") -> None:
+    """NaN or infinity anywhere in a config (``alpha: .nan`` would silently drop a loss term) is one line."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            _check_finite(value, f"{where}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"config: {where or 'config'}: must be a finite number (got {node!r})")
+
+
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
     if first["type"] == "union_tag_not_found":
@@ -331,6 +364,7 @@ def load_config(source: str | Path | dict[str, Any] | RunBase, overrides: list[s
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must contain a mapping at the top level")
     raw = apply_overrides(raw, overrides)
+    _check_finite(raw)
     try:
         return _RUN_CONFIG.validate_python(raw)
     except ValidationError as err:
@@ -339,3 +373,55 @@ def load_config(source: str | Path | dict[str, Any] | RunBase, overrides: list[s
 
 def dump_config(cfg: RunBase) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().absolute())
+
+
+def _absolute_glob(spec: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(spec, list):
+        return [str(_absolute(s)) for s in spec]
+    return _absolute(spec)
+
+
+def _absolute_teacher(teacher: TeacherConfig) -> TeacherConfig:
+    members = None if teacher.ensemble is None else [_absolute_teacher(m) for m in teacher.ensemble]
+    model = teacher.model
+    if model is not None and Path(model.name).is_dir():  # a model directory (Hugging Face) rather than a zoo name
+        model = model.model_copy(update={"name": _absolute(model.name)})
+    return teacher.model_copy(
+        update={
+            "run": _absolute(teacher.run),
+            "weights": _absolute(teacher.weights),
+            "ensemble": members,
+            "model": model,
+        }
+    )
+
+
+def absolute_paths(cfg: RunBase) -> RunBase:
+    """``cfg`` with every file path made absolute (relative to the current directory, as it was read): the
+    config a run directory keeps works from anywhere (``kdlab evaluate RUN`` started elsewhere)."""
+    update: dict[str, Any] = {
+        "out": _absolute(cfg.out),
+        "cache": cfg.cache.model_copy(update={"path": _absolute(cfg.cache.path)}),
+    }
+    if cfg.teacher is not None:
+        update["teacher"] = _absolute_teacher(cfg.teacher)
+    if Path(cfg.model.name).is_dir():
+        update["model"] = cfg.model.model_copy(update={"name": _absolute(cfg.model.name)})
+    data = getattr(cfg, "data", None)
+    if isinstance(data, DataConfig):
+        update["data"] = data.model_copy(
+            update={k: _absolute(getattr(data, k)) for k in ("path", "val_path", "test_path")}
+        )
+    elif isinstance(data, TextDataConfig):
+        paths = {k: _absolute_glob(getattr(data, k)) for k in ("train", "val", "test")}
+        if Path(data.tokenizer).is_dir():
+            paths["tokenizer"] = _absolute(data.tokenizer)
+        update["data"] = data.model_copy(update=paths)
+    compress = getattr(cfg, "compress", None)
+    if compress is not None:
+        update["compress"] = compress.model_copy(update={"source": _absolute(compress.source)})
+    return cfg.model_copy(update=update)

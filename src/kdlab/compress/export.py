@@ -119,6 +119,8 @@ def export_run(
 ) -> dict[str, Any]:
     """``kdlab export``: the run's model (float, pruned or int8) as ONNX, checked on the run's test split.
 
+    The graph takes the source's raw values (a CSV's numbers, 0..255 pixels): the run's preprocessing
+    (``preprocess.json``: scale, mean, std) is its first operation, so no user has to repeat it.
     ``float_model``: for a quantized run, its float weights before conversion (``model-float.safetensors``)
     instead of the int8 model. Writes ``output`` (default ``RUN_DIR/model.onnx``, ``model-float.onnx``) and
     compares onnxruntime's logits with torch's on every test input; below ``MIN_AGREEMENT`` argmax agreement the
@@ -126,8 +128,10 @@ def export_run(
     and 256 (``onnx_latency_ms``).
     """
     from kdlab.config import load_config
+    from kdlab.data.preprocess import RawInputModel
     from kdlab.errors import ConfigError
-    from kdlab.tasks.classify import load_data, load_run_model
+    from kdlab.tasks.classify import load_data, run_preprocess
+    from kdlab.tasks.classify_eval import load_run_model
 
     run = Path(run_dir)
     name = "model-float" if float_model and (run / "model-float.safetensors").is_file() else "model"
@@ -135,15 +139,18 @@ def export_run(
     if not (run / "config.yaml").is_file() or not weights.is_file():
         raise ConfigError(f"{run} is not a finished kdlab run directory (config.yaml and model.safetensors needed)")
     cfg = load_config(run / "config.yaml")
-    data = load_data(cfg)
-    model = load_run_model(cfg, data, weights).eval()
+    data = load_data(cfg, run_preprocess(run))
+    preprocess = data.preprocess
+    model = RawInputModel(load_run_model(cfg, data, weights), preprocess, tuple(data.in_shape)).eval()
+    raw_test = preprocess.invert(data.x_test) / preprocess.scale  # the raw values behind the test inputs
     path = Path(output) if output is not None else run / f"{name}.onnx"
-    export_onnx(model, data.x_test[:2], path)
+    export_onnx(model, raw_test[:2], path)
     with torch.inference_mode():
-        expected = torch.cat([model(data.x_test[i : i + 1024]) for i in range(0, len(data.x_test), 1024)]).numpy()
-    got = onnx_predict(path, data.x_test)
+        expected = torch.cat([model(raw_test[i : i + 1024]) for i in range(0, len(raw_test), 1024)]).numpy()
+    got = onnx_predict(path, raw_test)
     report = {
         "path": str(path),
+        "input": "raw values; the run's preprocessing is inside the graph",
         "file_bytes": path.stat().st_size,
         "kind": "int8" if any(is_tensor_subclass(p) for p in model.parameters()) else "float",
         "rows": len(got),
@@ -154,7 +161,7 @@ def export_run(
     if latency:  # the same protocol as kdlab evaluate's footprint, with as many threads as torch uses
         session = onnx_session(path, threads=torch.get_num_threads())
         run_onnx = partial(session.run, None)
-        example = data.x_test[:1].numpy()
+        example = raw_test[:1].numpy()
         report["onnx_latency_ms"] = {
             f"batch_{b}": median_latency_ms(lambda x: run_onnx({"input": x}), np.repeat(example, b, 0))[0]
             for b in (1, 256)

@@ -146,13 +146,8 @@ def _encode_labels(raw: list[str]) -> tuple[np.ndarray, tuple[str, ...]]:
     return np.array([index[v] for v in raw], dtype=np.int64), tuple(unique)
 
 
-def csv_source(path: str | os.PathLike[str] | None, label_column: str | int = -1) -> RawData:
-    """A CSV with a header row; one label column (name or index, default last), every other column numeric.
-
-    Labels may be strings: the sorted unique values become classes 0..K-1 and ``class_names``. CSV has no test
-    split, so a fixed 20 % (stratified, independent of ``seed``) is held out as test.
-    """
-    file = _require_path("csv", path, "a CSV with a header row and a label column")
+def _read_csv(file: Path, label_column: str | int) -> tuple[list[str], np.ndarray, list[str]]:
+    """``(header, features float32, labels as written)`` of one CSV file."""
     try:
         with file.open(newline="", encoding="utf-8-sig") as handle:
             lines = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
@@ -178,13 +173,50 @@ def csv_source(path: str | os.PathLike[str] | None, label_column: str | int = -1
     labels = [row[label_at].strip() for row in body]
     if any(not v for v in labels):
         raise DataError(f"{file}: empty label in column {header[label_at].strip()!r}")
-    y, class_names = _encode_labels(labels)
-    x_train, y_train, x_test, y_test = carve_test(x.astype(np.float32), y, str(file))
+    return [h.strip() for h in header], x.astype(np.float32), labels
+
+
+def csv_source(
+    path: str | os.PathLike[str] | None,
+    label_column: str | int = -1,
+    *,
+    val_path: str | os.PathLike[str] | None = None,
+    test_path: str | os.PathLike[str] | None = None,
+) -> RawData:
+    """A CSV with a header row; one label column (name or index, default last), every other column numeric.
+
+    Labels may be strings: the sorted unique values (of every file) become classes 0..K-1 and ``class_names``.
+    ``val_path``/``test_path``: the user's own validation / test files with the same columns. Without a test
+    file, a fixed 20 % (stratified, independent of ``seed``) of the main file is held out as test.
+    """
+    file = _require_path("csv", path, "a CSV with a header row and a label column")
+    header, x, labels = _read_csv(file, label_column)
+    parts = {"train": (x, labels)}
+    for part, extra in (("val", val_path), ("test", test_path)):
+        if extra is not None:
+            other = _require_path("csv", extra, f"the {part} CSV")
+            other_header, other_x, other_labels = _read_csv(other, label_column)
+            if other_header != header:
+                raise DataError(
+                    f"{other}: columns differ from {file} ({', '.join(other_header)} vs {', '.join(header)})"
+                )
+            parts[part] = (other_x, other_labels)
+    everything = [v for _, found in parts.values() for v in found]
+    encoded, class_names = _encode_labels(everything)
+    ys, at = {}, 0
+    for part, (_, found) in parts.items():
+        ys[part], at = encoded[at : at + len(found)], at + len(found)
+    if "test" in parts:
+        x_train, y_train, x_test, y_test = x, ys["train"], parts["test"][0], ys["test"]
+    else:
+        x_train, y_train, x_test, y_test = carve_test(x, ys["train"], str(file))
     return RawData(
         x_train=x_train,
         y_train=y_train,
         x_test=x_test,
         y_test=y_test,
+        x_val=parts["val"][0] if "val" in parts else None,
+        y_val=ys.get("val"),
         num_classes=len(class_names),
         class_names=class_names,
         source=str(file),

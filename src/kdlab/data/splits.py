@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .preprocess import Preprocess
 
 _FINGERPRINT_VERSION = b"kdlab.data/v1"
 _MIN_STD = 1e-8  # a constant feature or channel is centred, not blown up
@@ -64,6 +65,14 @@ class DataSplits:
     std: torch.Tensor
     fingerprint: str
     class_names: tuple[str, ...]
+    scale: float = 1.0
+    per_channel: bool = False
+    standardized: bool = True
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """What turned the source's raw values into these features (saved with a run as preprocess.json)."""
+        return Preprocess(self.scale, self.mean, self.std, self.per_channel, self.standardized, self.fingerprint)
 
     def __repr__(self) -> str:
         return (
@@ -119,6 +128,23 @@ def check_label_range(y: np.ndarray, num_classes: int, where: str) -> None:
         raise DataError(f"{where}: label out of range ({bad} not in 0..{num_classes - 1})")
 
 
+def check_classes(y_train: np.ndarray, class_names: tuple[str, ...], source: str) -> None:
+    """A training split with one class, or a class with no training row (labels 1..K instead of 0..K−1 leave
+    class 0 empty), trains a model that is silently wrong: one line instead."""
+    counts = np.bincount(y_train, minlength=len(class_names))
+    present = int((counts > 0).sum())
+    if present < 2:
+        raise DataError(f"{source}: the training split has a single class ({present} of {len(class_names)})")
+    missing = [i for i, c in enumerate(counts) if c == 0]
+    if missing:
+        first = missing[0]
+        hint = "; labels must be 0..K-1 — are they 1..K?" if first == 0 else ""
+        raise DataError(
+            f"{source}: class {first} ({class_names[first]!r}) has no training rows "
+            f"({len(missing)} of {len(class_names)} classes missing){hint}"
+        )
+
+
 def _check_labels(y: np.ndarray, n: int, num_classes: int, part: str, source: str) -> None:
     if y.ndim != 1:
         raise DataError(f"{source}: {part} labels must be 1-D, got shape {y.shape}")
@@ -164,10 +190,19 @@ def _statistics(x: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch
     return mean.to(torch.float32), std.to(torch.float32)
 
 
-def build_splits(raw: RawData, *, name: str, val_fraction: float, seed: int, normalize: bool) -> DataSplits:
-    """Carve validation (if the source has none), check labels, fingerprint, convert and normalise."""
+def train_statistics(data: DataSplits) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardisation statistics of ``data``'s training split as loaded (undoing its own preprocessing)."""
+    return _statistics(data.preprocess.invert(data.x_train), data.per_channel)
+
+
+def build_splits(
+    raw: RawData, *, name: str, val_fraction: float, seed: int, normalize: bool, stats: Preprocess | None = None
+) -> DataSplits:
+    """Carve validation (if the source has none), check labels, fingerprint, convert and normalise — with the
+    training split's statistics, or with ``stats`` (a run's saved preprocessing: evaluation reproduces it)."""
     val_fraction = check_val_fraction(val_fraction)
     seed = check_seed(seed)
+    normalize = normalize if stats is None else stats.standardize
     x_train, y_train = raw.x_train, raw.y_train
     if raw.x_val is not None and raw.y_val is not None:
         x_val, y_val = raw.x_val, raw.y_val
@@ -187,6 +222,7 @@ def build_splits(raw: RawData, *, name: str, val_fraction: float, seed: int, nor
         _check_labels(y, len(x), raw.num_classes, part, raw.source)
     if len(x_train) == 0:
         raise DataError(f"{raw.source}: the training split is empty")
+    check_classes(y_train, raw.class_names, raw.source)
     if raw.per_channel and len(in_shape) != 3:
         raise DataError(f"{raw.source}: images must be (N, C, H, W), got per-sample shape {in_shape}")
 
@@ -202,13 +238,21 @@ def build_splits(raw: RawData, *, name: str, val_fraction: float, seed: int, nor
 
     xs = {part: _to_float(x, raw.scale) for part, (x, _) in parts.items()}
     stat_shape = (in_shape[0],) if raw.per_channel else in_shape
-    if normalize:
+    if stats is not None:
+        if tuple(stats.mean.shape) != stat_shape or stats.per_channel != raw.per_channel or stats.scale != raw.scale:
+            raise DataError(
+                f"{raw.source}: the saved preprocessing (statistics of shape {tuple(stats.mean.shape)}, scale "
+                f"{stats.scale}) does not fit this data (shape {stat_shape}, scale {raw.scale})"
+            )
+        mean, std = stats.mean, stats.std
+    elif normalize:
         mean, std = _statistics(xs["train"], raw.per_channel)
+    else:
+        mean, std = torch.zeros(stat_shape), torch.ones(stat_shape)
+    if normalize:
         view = (1, in_shape[0], *([1] * (len(in_shape) - 1))) if raw.per_channel else (1, *in_shape)
         for x in xs.values():
             x.sub_(mean.view(view)).div_(std.view(view))
-    else:
-        mean, std = torch.zeros(stat_shape), torch.ones(stat_shape)
     ys = {part: torch.from_numpy(np.ascontiguousarray(y).astype(np.int64)) for part, (_, y) in parts.items()}
     return DataSplits(
         x_train=xs["train"],
@@ -224,4 +268,7 @@ def build_splits(raw: RawData, *, name: str, val_fraction: float, seed: int, nor
         std=std,
         fingerprint=digest,
         class_names=raw.class_names,
+        scale=raw.scale,
+        per_channel=raw.per_channel,
+        standardized=normalize,
     )

@@ -1,8 +1,9 @@
 """In-memory batching with global-batch semantics under data parallelism.
 
 The whole split lives as tensors; an epoch is a permutation drawn from (seed, epoch) alone, so it is the
-same in 1 or N processes and after a resume. Each global batch of ``batch_size`` rows is dealt to the
-processes round-robin (``rank::world``), so N processes together see exactly the rows one process would.
+same in 1 or N processes and after a resume. Each global batch of ``batch_size`` rows (the last one may be
+shorter) is dealt to the processes round-robin (``rank::world``), so N processes together see exactly the rows
+one process would.
 """
 
 from __future__ import annotations
@@ -18,13 +19,24 @@ def epoch_permutation(num_rows: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(num_rows, generator=generator)
 
 
-def steps_per_epoch(num_rows: int, batch_size: int) -> int:
-    """Full global batches per epoch (the incomplete last batch is dropped, as DDP training usually does)."""
-    return num_rows // batch_size
+def batch_sizes(num_rows: int, batch_size: int, world: int = 1, *, drop_last: bool = False) -> list[int]:
+    """The global rows of each micro-batch of an epoch: full batches, then the partial rest unless ``drop_last``.
+
+    The rest is dealt round-robin like any batch, so processes may get one row more than others (the tasks weigh
+    every row alike, see their ``objective``); a rest smaller than ``world`` would leave a process without rows
+    and is skipped — then, only then, N processes see other rows than one.
+    """
+    sizes = [batch_size] * (num_rows // batch_size)
+    rest = num_rows % batch_size
+    if rest >= world and not drop_last:
+        sizes.append(rest)
+    return sizes
 
 
-def batch_indices(permutation: Tensor, step: int, batch_size: int, rank: int, world: int) -> Tensor:
-    return permutation[step * batch_size : (step + 1) * batch_size][rank::world]
+def batch_indices(permutation: Tensor, step: int, batch_size: int, size: int, rank: int, world: int) -> Tensor:
+    """Process ``rank``'s rows of micro-batch ``step`` (``size`` global rows; all but the last have ``batch_size``)."""
+    start = step * batch_size
+    return permutation[start : start + size][rank::world]
 
 
 def batch_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:

@@ -64,12 +64,14 @@ class TaskStep(Protocol):
     rows: int  # training rows (examples, token blocks) of an epoch
     student: nn.Module
 
-    def batch(self, index: Tensor, epoch: int, step: int, window: int) -> dict[str, Tensor]: ...
+    def batch(self, index: Tensor, epoch: int, step: int, window_rows: int) -> dict[str, Tensor]: ...
 
     def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Outputs, Outputs | None]: ...
 
-    def objective(self, terms: dict[str, Tensor], window: int) -> tuple[Tensor, float]:
-        """The tensor to backpropagate and the factor that turns a term into this micro-batch's mean loss."""
+    def objective(self, terms: dict[str, Tensor], batch: dict[str, Tensor], window_rows: int) -> tuple[Tensor, float]:
+        """The tensor to backpropagate — normalised so that a window's gradient is the mean over its
+        ``window_rows`` global rows (every process together), whatever the sizes of its micro-batches — and the
+        factor that turns a term into this micro-batch's mean loss (for the logs)."""
         ...
 
     def count(self, batch: dict[str, Tensor]) -> int: ...
@@ -147,10 +149,11 @@ def run_loop(
     world, rank = acc.num_processes, acc.process_index
     if cfg.batch_size % world:
         raise ConfigError(f"train.batch_size={cfg.batch_size} must be divisible by the {world} processes")
-    micro_steps = batches.steps_per_epoch(task.rows, cfg.batch_size)
+    sizes = batches.batch_sizes(task.rows, cfg.batch_size, world, drop_last=cfg.drop_last)
+    micro_steps = len(sizes)
     if micro_steps == 0:
-        raise ConfigError(f"train.batch_size={cfg.batch_size} exceeds the {task.rows} training rows")
-    windows = [min(cfg.grad_accum, micro_steps - s) for s in range(0, micro_steps, cfg.grad_accum)]
+        raise ConfigError(f"train.batch_size={cfg.batch_size} exceeds the {task.rows} training rows (drop_last)")
+    windows = [sum(sizes[s : s + cfg.grad_accum]) for s in range(0, micro_steps, cfg.grad_accum)]  # rows each
     model = acc.prepare(Trainable(task.student, method.modules()))  # DDP, device; the same Parameters
     step_model = torch.compile(model) if cfg.compile else model
     trainable: Trainable = acc.unwrap_model(model)
@@ -186,10 +189,10 @@ def run_loop(
             counted = 0  # micro-batches of this epoch trained in this call (a resumed epoch starts later)
             epoch_start = time.perf_counter()
             for step in range(first, micro_steps):
-                window = windows[step // cfg.grad_accum]
+                window_rows = windows[step // cfg.grad_accum]
                 sync = (step + 1) % cfg.grad_accum == 0 or step == micro_steps - 1
-                index = batches.batch_indices(permutation, step, cfg.batch_size, rank, world).to(acc.device)
-                batch = task.batch(index, epoch, step, window)
+                index = batches.batch_indices(permutation, step, cfg.batch_size, sizes[step], rank, world)
+                batch = task.batch(index.to(acc.device), epoch, step, window_rows)
                 state = StepState(epoch, global_step, cfg.epochs, epoch + step / micro_steps)
                 with contextlib.nullcontext() if sync else acc.no_sync(model):
                     with autocast():
@@ -199,7 +202,7 @@ def run_loop(
                     if not terms_are_finite(terms, acc, cfg.nan_policy, where):
                         optimizer.zero_grad(set_to_none=True)
                         continue
-                    loss, log_scale = task.objective(terms, window)
+                    loss, log_scale = task.objective(terms, batch, window_rows)
                     (loss if scaler is None else scaler.scale(loss)).backward()
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach()) * log_scale

@@ -3,7 +3,7 @@
 Whole splits live as tensors on the device (see ``batches``); the teacher is frozen, moved to the device and run
 under ``torch.inference_mode`` (never wrapped, never checkpointed), or replaced by cached logits. Features a
 method asks for (``Requires``) are taken by forward hooks on named submodules (``kdlab.models.tap``). A
-micro-batch's loss is the mean over its rows, divided by the size of its accumulation window.
+micro-batch's loss is the mean over its rows, weighted by its rows' share of the accumulation window.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from . import batches
 from .checkpoint import save_weights
 from .loop import StepInfo, run_loop
 from .predict import predict
-from .rundir import new_accelerator
+from .rundir import SUMMARY, new_accelerator, versions, write_summary
 from .speed import FastTeacher, fast_student
 
 
@@ -183,6 +183,11 @@ class ClassifyStep:
             logits = self.split_teacher_logits(split)
             if logits is None:
                 raise ConfigError(f"method {self.method.name!r} needs the teacher's logits on {split}")
+            if len(logits) == 0:
+                raise ConfigError(
+                    f"method {self.method.name!r} selects on the {split} split and this run has none "
+                    "(data.val_fraction: 0 without a validation file): give it one or fix the method's choice"
+                )
             return logits[:rows]
 
         return SetupContext(
@@ -197,7 +202,7 @@ class ClassifyStep:
 
     # ---- one step ----
 
-    def batch(self, index: Tensor, epoch: int, step: int, window: int) -> dict[str, Tensor]:
+    def batch(self, index: Tensor, epoch: int, step: int, window_rows: int) -> dict[str, Tensor]:
         x, y = self.data["x_train"][index], self.data["y_train"][index]
         if self.augment_cfg.enabled:
             rank = self.acc.process_index
@@ -222,8 +227,11 @@ class ClassifyStep:
         features = {k: v.clone() for k, v in self.teacher_tap.features.items()} if self.teacher_tap else {}
         return Outputs(logits=logits.clone(), features=features)  # normal tensors: losses may save them
 
-    def objective(self, terms: dict[str, Tensor], window: int) -> tuple[Tensor, float]:
-        return sum(terms.values()) / window, 1.0  # type: ignore[return-value]
+    def objective(self, terms: dict[str, Tensor], batch: dict[str, Tensor], window_rows: int) -> tuple[Tensor, float]:
+        """Terms are means over this process's rows: weighted by the rows' share of the window (× the world size,
+        which undoes DDP's averaging), a partial batch counts per row, not per batch."""
+        share = len(batch["y"]) * self.acc.num_processes / window_rows
+        return sum(terms.values()) * share, 1.0  # type: ignore[return-value]
 
     def count(self, batch: dict[str, Tensor]) -> int:
         return len(batch["y"]) * self.acc.num_processes
@@ -237,12 +245,16 @@ class ClassifyStep:
                 out[split] = {}
                 continue
             x, y = self.data[f"x_{split}"], self.data[f"y_{split}"]
+            if len(y) == 0:  # no validation split (data.val_fraction: 0): nothing to measure, not NaN
+                out[split] = {}
+                continue
             logits = predict(self.student, x, self.num_classes, self.cfg.eval_batch_size, self.acc)
             out[split] = classification_metrics(logits, y, self.split_teacher_logits(split))
         return out
 
     def describe_epoch(self, evaluations: dict[str, dict[str, float]]) -> str:
-        return f"val acc {evaluations['val']['accuracy']:.4f}"
+        val = evaluations.get("val", {})
+        return f"val acc {val['accuracy']:.4f}" if "accuracy" in val else "no validation split"
 
 
 def save_method_modules(modules: dict[str, nn.Module], out_dir: Path) -> None:
@@ -251,31 +263,24 @@ def save_method_modules(modules: dict[str, nn.Module], out_dir: Path) -> None:
         save_weights(module, out_dir / "method" / f"{name}.safetensors")
 
 
-def fit(
+def train_splits(
     student: nn.Module,
     data: Splits,
     method: Method,
     cfg: TrainConfig,
-    optimizer_cfg: OptimizerConfig | None = None,
-    scheduler_cfg: SchedulerConfig | None = None,
     *,
-    out_dir: str | Path,
-    seed: int = 0,
-    teacher: nn.Module | None = None,
-    cached_logits: dict[str, Tensor] | None = None,
-    augment_cfg: AugmentConfig | None = None,
-    resume: bool = False,
-    accelerator: Accelerator | None = None,
-    callbacks: list[Callable[[StepInfo], None]] | None = None,
+    out_dir: Path,
+    seed: int,
+    teacher: nn.Module | None,
+    cached_logits: dict[str, Tensor] | None,
+    augment_cfg: AugmentConfig,
+    resume: bool,
+    accelerator: Accelerator,
+    callbacks: list[Callable[[StepInfo], None]] | None,
 ) -> FitResult:
-    """Train ``student`` with ``method``; write metrics.jsonl, checkpoints/ and model.safetensors in ``out_dir``
-    (and ``method/<name>.safetensors`` for modules the method owns). ``optimizer_cfg``/``scheduler_cfg`` default
-    to ``cfg.optimizer``/``cfg.scheduler``."""
-    out_dir = Path(out_dir)
-    cfg = cfg.model_copy(
-        update={"optimizer": optimizer_cfg or cfg.optimizer, "scheduler": scheduler_cfg or cfg.scheduler}
-    )
-    acc = accelerator or new_accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
+    """The classification step through the one loop; writes metrics.jsonl, checkpoints/, model.safetensors and
+    the method's modules, not summary.json (the caller's, written last)."""
+    acc = accelerator
     if method.needs_teacher and teacher is None and cached_logits is None:
         raise ConfigError(f"method {method.name!r} needs a teacher: add a 'teacher' section")
     step = ClassifyStep(
@@ -287,7 +292,7 @@ def fit(
         seed=seed,
         teacher=teacher,
         cached_logits=cached_logits,
-        augment_cfg=augment_cfg or AugmentConfig(),
+        augment_cfg=augment_cfg,
         out_dir=out_dir,
     )
     method.setup(step.setup_context())
@@ -309,3 +314,73 @@ def fit(
         history=result.history,
         train=evaluations.get("train_eval", {}),
     )
+
+
+def fit(
+    student: nn.Module,
+    data: Splits,
+    method: Method | str,
+    cfg: TrainConfig | None = None,
+    optimizer_cfg: OptimizerConfig | None = None,
+    scheduler_cfg: SchedulerConfig | None = None,
+    *,
+    out_dir: str | Path,
+    seed: int = 0,
+    teacher: nn.Module | None = None,
+    cached_logits: dict[str, Tensor] | None = None,
+    augment_cfg: AugmentConfig | None = None,
+    resume: bool = False,
+    accelerator: Accelerator | None = None,
+    callbacks: list[Callable[[StepInfo], None]] | None = None,
+) -> FitResult:
+    """Train ``student`` on your own tensors with ``method`` (a ``Method`` or a registered name with its
+    defaults); write the run directory ``out_dir``: metrics.jsonl, checkpoints/, model.safetensors (and
+    ``method/<name>.safetensors`` for modules the method owns) and, last, summary.json. ``cfg`` defaults to
+    ``TrainConfig()``; ``optimizer_cfg``/``scheduler_cfg`` to ``cfg.optimizer``/``cfg.scheduler``."""
+    if not isinstance(out_dir, str | Path):
+        raise ConfigError(f"fit: out_dir must be a str or Path, got {type(out_dir).__name__}")
+    out = Path(out_dir)
+    if isinstance(method, str):
+        from kdlab.methods import build
+
+        method = build(method, {}, data.num_classes)
+    cfg = cfg or TrainConfig()
+    cfg = cfg.model_copy(
+        update={"optimizer": optimizer_cfg or cfg.optimizer, "scheduler": scheduler_cfg or cfg.scheduler}
+    )
+    acc = accelerator or new_accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SUMMARY).unlink(missing_ok=True)
+    result = train_splits(
+        student,
+        data,
+        method,
+        cfg,
+        out_dir=out,
+        seed=seed,
+        teacher=teacher,
+        cached_logits=cached_logits,
+        augment_cfg=augment_cfg or AugmentConfig(),
+        resume=resume,
+        accelerator=acc,
+        callbacks=callbacks,
+    )
+    summary = {
+        "complete": True,
+        "method": method.describe(),
+        "test_accuracy": result.test.get("accuracy"),
+        "test": result.test,
+        "val": result.val,
+        "train_eval": result.train,
+        "epochs": result.epochs,
+        "optimizer_steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "samples_per_second": result.samples_per_second,
+        "world_size": acc.num_processes,
+        "seed": seed,
+        "data": {"train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
+        "versions": versions(),
+    }
+    write_summary(out, summary, acc)
+    return result

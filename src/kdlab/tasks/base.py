@@ -36,6 +36,10 @@ class Task:
     def evaluate(self, run: Path, cfg: RunConfig, splits: tuple[str, ...], latency: bool) -> dict[str, Any]:
         raise ConfigError(f"kdlab evaluate does not support task {self.name!r}")
 
+    def load_model(self, run: Path, cfg: RunConfig) -> Any:
+        """A finished run's model, ready for the inputs a user has (its preprocessing inside), in eval mode."""
+        raise ConfigError(f"kdlab.load_model does not support task {self.name!r}")
+
     def cache_logits(self, cfg: RunConfig) -> Path:
         raise ConfigError(f"kdlab cache-logits does not support task {self.name!r}")
 

@@ -237,9 +237,9 @@ class LMStep:
         limit = EVAL_LOGITS // (self.targets_per_block * vocab_size(model))
         self.eval_blocks = max(1, min(cfg.train.eval_batch_size, limit))
 
-    def batch(self, index: Tensor, epoch: int, step: int, window: int) -> dict[str, Any]:
+    def batch(self, index: Tensor, epoch: int, step: int, window_rows: int) -> dict[str, Any]:
         ids = self.data.train[index.cpu()].to(self.acc.device)
-        num_items = window * self.batch_size * self.targets_per_block  # target tokens of the whole window
+        num_items = window_rows * self.targets_per_block  # target tokens of the whole window
         return {"ids": ids, "index": index, "targets": ids[:, 1:], "num_items": num_items}
 
     def forward(self, model, batch: dict[str, Any]) -> tuple[Outputs, Outputs | None]:
@@ -250,8 +250,9 @@ class LMStep:
         hidden = model(batch["ids"])[:, :-1]
         return Outputs(hidden=hidden, head_weight=self.student.head_weight), teacher
 
-    def objective(self, terms: dict[str, Tensor], window: int) -> tuple[Tensor, float]:
-        return sum(terms.values()) * self.acc.num_processes, float(window)  # type: ignore[return-value]
+    def objective(self, terms: dict[str, Any], batch: dict[str, Any], window_rows: int) -> tuple[Tensor, float]:
+        blocks = batch["ids"].shape[0] * self.acc.num_processes  # this micro-batch's global blocks
+        return sum(terms.values()) * self.acc.num_processes, window_rows / blocks  # type: ignore[return-value]
 
     def count(self, batch: dict[str, Any]) -> int:
         return batch["ids"].shape[0] * self.targets_per_block * self.acc.num_processes

@@ -6,7 +6,6 @@ cache (``kdlab.teacher``), the engine's in-memory tensor step (``kdlab.engine.su
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -16,7 +15,8 @@ import torch
 from torch import nn
 
 from kdlab import models
-from kdlab.config import RunConfig, dump_config
+from kdlab.config import RunConfig, absolute_paths, dump_config
+from kdlab.data.preprocess import PREPROCESS_FILE, Preprocess, load_preprocess
 from kdlab.engine.predict import predict
 from kdlab.engine.rundir import (
     new_accelerator,
@@ -29,20 +29,20 @@ from kdlab.engine.rundir import (
     write_summary,
 )
 from kdlab.engine.speed import fast_teacher
-from kdlab.engine.supervised import fit, tap
+from kdlab.engine.supervised import tap, train_splits
 from kdlab.errors import CacheError, ConfigError
 from kdlab.io import atomic_write_text
-from kdlab.losses import proxy_teacher
 from kdlab.methods import SetupContext
 from kdlab.methods import build as build_method
-from kdlab.models.weights import load_weights
 from kdlab.teacher.logit_cache import cached_feature_names, read_cache, read_cached_features, write_cache
 from kdlab.teacher.source import load_teacher, resolve_teacher
 
 from .base import Task, register
+from .classify_checks import TEACHER_CHECK_ROWS, chance_level, check_teacher, recorded_accuracy, run_health
 
 
-def load_data(cfg: RunConfig):
+def load_data(cfg: RunConfig, stats: Preprocess | None = None):
+    """The config's data; ``stats``: a run's saved preprocessing instead of statistics fitted again."""
     from kdlab.data import load_dataset
 
     d = cfg.data
@@ -53,7 +53,18 @@ def load_data(cfg: RunConfig):
         seed=split_seed(cfg.seed, d.split_seed),
         download=d.download,
         label_column=d.label_column,
+        normalize=d.standardize,
+        val_path=d.val_path,
+        test_path=d.test_path,
+        image_size=d.image_size,
+        stats=stats,
     )
+
+
+def run_preprocess(run: Path) -> Preprocess | None:
+    """A run's saved preprocessing (None for runs made before it was saved: their statistics are fitted again)."""
+    path = run / PREPROCESS_FILE
+    return load_preprocess(path) if path.is_file() else None
 
 
 def split_seed(seed: int, data_split_seed: int | None) -> int:
@@ -74,7 +85,11 @@ def _warn_if_member_overlaps(cfg: RunConfig, source) -> None:
     data = raw.get("data") or {}
     theirs = split_seed(raw.get("seed", 0), data.get("split_seed"))
     ours = split_seed(cfg.seed, cfg.data.split_seed)
-    same_data = data.get("name") == cfg.data.name and data.get("path") == cfg.data.path
+    theirs_path, ours_path = data.get("path"), cfg.data.path
+    same_path = theirs_path == ours_path or (
+        theirs_path is not None and ours_path is not None and Path(theirs_path).absolute() == Path(ours_path).absolute()
+    )
+    same_data = data.get("name") == cfg.data.name and same_path
     if same_data and (theirs != ours or data.get("val_fraction") != cfg.data.val_fraction):
         warnings.warn(
             f"the teacher ({source.directory}) was trained on the split of seed {theirs}, this run uses seed {ours}: "
@@ -111,7 +126,7 @@ def teacher_and_cache(
         if features:
             cached["features"] = read_cached_features(cache_file, features)
         return None, cached, f"cached logits {cache_file}"
-    teacher = load_teacher(source, data.num_classes, tuple(data.in_shape))
+    teacher = load_teacher(source, data.num_classes, tuple(data.in_shape), data)
     return teacher, None, source.describe()
 
 
@@ -146,19 +161,19 @@ def run_classify(
         if teacher is not None:
             t = cfg.teacher
             teacher = fast_teacher(teacher, channels_last=t.channels_last, precision=t.precision, compile=t.compile)
+    teacher_check = _check_teacher(cfg, data, teacher, cached, acc) if teacher is not None or cached else None
     prepare_out(out, resume, overwrite, acc)
     if acc.is_main_process:
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
+        atomic_write_text(out / "config.yaml", dump_config(absolute_paths(cfg)))
+        data.preprocess.save(out / PREPROCESS_FILE)
     torch.manual_seed(cfg.seed)
     student = build_student(cfg, data) if student is None else student
     start_trackers(acc, cfg.tracking, cfg.name, cfg.model_dump(mode="json"))
-    result = fit(
+    result = train_splits(
         student,
         data,
         method,
         cfg.train,
-        cfg.train.optimizer,
-        cfg.train.scheduler,
         out_dir=out,
         seed=cfg.seed,
         teacher=teacher,
@@ -168,12 +183,17 @@ def run_classify(
         accelerator=acc,
         callbacks=callbacks,
     )
+    health = run_health(result.history, chance_level(data.y_val, data.num_classes))
+    for note in health:
+        warnings.warn(note, stacklevel=2)
     summary = {
         "name": cfg.name,
         "complete": True,
         "method": method.describe(),
         "model": cfg.model.name,
         "teacher": teacher_desc,
+        "teacher_check": teacher_check,
+        "warnings": [*([teacher_check["message"]] if teacher_check and "message" in teacher_check else []), *health],
         "test_accuracy": result.test["accuracy"],
         "test": result.test,
         "val": result.val,
@@ -188,7 +208,11 @@ def run_classify(
         "seed": cfg.seed,
         "data": {
             "name": data.name,
+            "path": None if cfg.data.path is None else str(Path(cfg.data.path).absolute()),
             "fingerprint": data.fingerprint,
+            "standardize": data.standardized,
+            "preprocess_sha256": data.preprocess.digest(),
+            "class_names": list(data.class_names),
             "train": len(data.y_train),
             "val": len(data.y_val),
             "test": len(data.y_test),
@@ -197,6 +221,25 @@ def run_classify(
     }
     write_summary(out, summary, acc)
     return summary
+
+
+def _check_teacher(cfg: RunConfig, data, teacher: nn.Module | None, cached: dict | None, acc) -> dict | None:
+    """The teacher's accuracy before training (``teacher.check``): on validation, or on training rows when the
+    run has no validation split."""
+    if cfg.teacher is None or cfg.teacher.check == "off":
+        return None
+    split = "val" if len(data.y_val) else "train"
+    rows = min(len(getattr(data, f"y_{split}")), TEACHER_CHECK_ROWS)
+    if cached is not None:
+        logits = cached[split][:rows]
+    else:
+        assert teacher is not None
+        x = getattr(data, f"x_{split}")[:rows]
+        logits = predict(teacher.to(acc.device), x, data.num_classes, cfg.train.eval_batch_size, acc)
+    directory = Path(cfg.teacher.run) if cfg.teacher.run is not None else None
+    recorded = recorded_accuracy(cfg.teacher, directory)
+    y = getattr(data, f"y_{split}")[:rows]
+    return check_teacher(logits, y, data.num_classes, split=split, recorded=recorded, mode=cfg.teacher.check)
 
 
 def _check_describes(cfg: RunConfig, data, model: nn.Module) -> None:
@@ -248,7 +291,7 @@ def cache_logits_classify(cfg: RunConfig) -> Path:
     """Run the teacher once over train/val/test and store its logits next to it (or at cache.path)."""
     data = load_data(cfg)
     source = resolve_teacher(cfg.teacher)
-    teacher = load_teacher(source, data.num_classes, tuple(data.in_shape))
+    teacher = load_teacher(source, data.num_classes, tuple(data.in_shape), data)
     acc = new_accelerator(cpu=use_cpu(cfg.train), mixed_precision=cfg.train.mixed_precision)
     teacher = teacher.to(acc.device)
     splits = {
@@ -284,75 +327,6 @@ def teacher_features(
     return {n: torch.cat(parts) for n, parts in pieces.items()}
 
 
-def evaluate_classify(run: Path, cfg: RunConfig, splits: tuple[str, ...], latency: bool) -> dict[str, Any]:
-    """Metrics of a finished run's model on every split: accuracy, NLL, ECE (+ reliability curve), confusion
-    matrices, and — with the run's teacher — top-1 agreement and KL(teacher ‖ student); for ptloss runs also
-    the fidelity to the proxy teacher; its ``footprint`` (file size, parameters, non-zeros, CPU latency at batch
-    1 and 256 unless ``latency=False``)."""
-    from kdlab.eval import full_evaluation
-    from kdlab.eval.footprint import footprint
-
-    data = load_data(cfg)
-    student = load_run_model(cfg, data, run / "model.safetensors")
-    acc = new_accelerator(cpu=True)
-    teacher, cached = None, None
-    if cfg.teacher is not None:
-        try:
-            teacher, cached, _ = teacher_and_cache(cfg, data)
-        except (ConfigError, CacheError):
-            teacher, cached = None, None
-    if teacher is not None:
-        teacher = teacher.to(acc.device)
-    epsilon = _proxy_epsilon(cfg, run, data.num_classes) if teacher is not None or cached else None
-    batch = cfg.train.eval_batch_size
-    temperature = cfg.method.params().get("temperature", 1.0)
-    result: dict[str, Any] = {}
-    for split in splits:
-        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        t_logits = None
-        if cached:
-            t_logits = cached[split]
-        elif teacher is not None:
-            t_logits = predict(teacher, x, data.num_classes, batch, acc)
-        proxy = None
-        if epsilon is not None and t_logits is not None:
-            try:
-                proxy = proxy_teacher(torch.softmax(t_logits.double().cpu() / temperature, -1), epsilon)
-            except ValueError:  # an epsilon outside 1/m + eps >= 0 trains fine but has no proxy teacher
-                epsilon = None  # the same for every split: do not try again
-        logits = predict(student, x, data.num_classes, batch, acc)
-        result[split] = full_evaluation(logits, y, t_logits, proxy, proxy_temperature=temperature)
-    result["parameters"] = models.count_parameters(student)
-    result["teacher"] = cfg.teacher is not None and (teacher is not None or cached is not None)
-    result["footprint"] = footprint(student, data.x_test[:1], files=[run / "model.safetensors"], latency=latency)
-    return result
-
-
-def load_run_model(cfg: RunConfig, data, weights: Path) -> nn.Module:
-    """A run's model on CPU: its float weights, or the int8 model ``kdlab compress`` saved (the scheme is in the
-    safetensors metadata; rebuilt by the loader ``kdlab.compress`` registers with ``kdlab.models.weights``)."""
-    student = build_student(cfg, data)
-    try:
-        return load_weights(student, weights)
-    except ConfigError:
-        raise
-    except (RuntimeError, ValueError) as err:
-        raise ConfigError(f"{weights} does not load into {cfg.model.name!r}: {str(err).splitlines()[0]}") from None
-
-
-def _proxy_epsilon(cfg: RunConfig, run: Path, num_classes: int) -> torch.Tensor | None:
-    """The epsilon a ptloss run trained with (given, or the one its selection chose); None for other methods."""
-    if cfg.method.name != "ptloss":
-        return None
-    epsilon = cfg.method.params().get("epsilon", [0.0])
-    if epsilon == "auto":
-        selection = run / "ptloss_selection.json"
-        if not selection.is_file():
-            return None
-        epsilon = json.loads(selection.read_text())["epsilon"]
-    return torch.tensor(epsilon, dtype=torch.float64)
-
-
 @register
 class ClassifyTask(Task):
     name = "classify"
@@ -363,7 +337,14 @@ class ClassifyTask(Task):
         )
 
     def evaluate(self, run, cfg, splits, latency):
+        from .classify_eval import evaluate_classify
+
         return evaluate_classify(run, cfg, splits, latency)
+
+    def load_model(self, run, cfg):
+        from .classify_eval import load_raw_model
+
+        return load_raw_model(run, cfg)
 
     def cache_logits(self, cfg):
         return cache_logits_classify(cfg)

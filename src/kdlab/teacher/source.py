@@ -14,6 +14,14 @@ from torch import nn
 
 from kdlab import models
 from kdlab.config import ModelConfig, TeacherConfig
+from kdlab.data.preprocess import (
+    PREPROCESS_FILE,
+    Preprocess,
+    attach_input_adapter,
+    identity,
+    input_adapter,
+    load_preprocess,
+)
 from kdlab.errors import ConfigError
 
 
@@ -24,6 +32,10 @@ class TeacherSource:
     directory: Path  # where a logit cache lives by default
     tag: str = ""  # distinguishes the caches of one run's kept epochs ("-epoch3")
     run_config: dict | None = None  # a teacher run's config.yaml, as written (its data split, seed, ...)
+    # the input the teacher was trained on: a teacher run's preprocess.json, or the declared teacher.standardize
+    # (True: this data's standardisation, False: raw features); None: the student's input, whatever it is
+    preprocess: Preprocess | None = None
+    standardize: bool | None = None
 
     @property
     def members(self) -> list[TeacherSource]:
@@ -33,11 +45,29 @@ class TeacherSource:
         return f"{self.model_cfg.name} from {self.weights}"
 
     def fingerprint(self) -> str:
+        """The weights' SHA-256 — and the teacher's declared input, which changes its outputs on the same data."""
         digest = hashlib.sha256()
         with open(self.weights, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
+        if self.preprocess is None and self.standardize is None:
+            return digest.hexdigest()  # as before inputs were declared: old caches stay valid
+        declared = self.preprocess.digest() if self.preprocess is not None else f"standardize={self.standardize}"
+        digest.update(f"input:{declared}".encode())
         return digest.hexdigest()
+
+    def input_for(self, data) -> Preprocess | None:
+        """The preprocessing this teacher wants on ``data`` (a ``DataSplits``); None: the student's own."""
+        if self.preprocess is not None:
+            return self.preprocess
+        if self.standardize is None or self.standardize == data.standardized:
+            return None
+        if not self.standardize:
+            return identity(tuple(data.in_shape), scale=data.scale, per_channel=data.per_channel)
+        from kdlab.data.splits import train_statistics
+
+        mean, std = train_statistics(data)
+        return Preprocess(data.scale, mean, std, data.per_channel, standardize=True)
 
 
 def resolve_teacher(cfg: TeacherConfig):
@@ -57,13 +87,22 @@ def resolve_teacher(cfg: TeacherConfig):
         if cfg.checkpoint_epoch is not None:
             weights, tag = epoch_weights(run, cfg.checkpoint_epoch, raw), f"-epoch{cfg.checkpoint_epoch}"
         directory = run
+        preprocess = load_preprocess(run / PREPROCESS_FILE) if (run / PREPROCESS_FILE).is_file() else None
     else:
         model_cfg, weights, raw, tag = cfg.model, Path(cfg.weights), None, ""
-        directory = weights.parent
+        directory, preprocess = weights.parent, None
     if not weights.is_file():
         hint = " (was the teacher run finished, and that epoch kept?)" if cfg.run else ""
         raise ConfigError(f"teacher weights not found: {weights}{hint}")
-    return TeacherSource(model_cfg=model_cfg, weights=weights, directory=directory, tag=tag, run_config=raw)
+    return TeacherSource(
+        model_cfg=model_cfg,
+        weights=weights,
+        directory=directory,
+        tag=tag,
+        run_config=raw,
+        preprocess=preprocess,
+        standardize=cfg.standardize,
+    )
 
 
 def kept_epochs(run: Path) -> list[int]:
@@ -92,12 +131,16 @@ def epoch_weights(run: Path, epoch: int, raw_config: dict) -> Path:
     )
 
 
-def load_teacher(source, num_classes: int, in_shape: tuple[int, ...]) -> nn.Module:
-    """The teacher in eval mode with gradients off (it is never trained, wrapped by DDP or checkpointed)."""
+def load_teacher(source, num_classes: int, in_shape: tuple[int, ...], data=None) -> nn.Module:
+    """The teacher in eval mode with gradients off (it is never trained, wrapped by DDP or checkpointed).
+
+    With ``data`` (the ``DataSplits`` the student trains on), a teacher trained on other inputs (raw features,
+    another split's statistics) gets an input adapter: it sees exactly the preprocessing it was trained with.
+    """
     if not isinstance(source, TeacherSource):  # an ensemble: one module averaging its members' probabilities
         from .ensemble import EnsembleTeacher
 
-        members = [load_teacher(member, num_classes, in_shape) for member in source.members]
+        members = [load_teacher(member, num_classes, in_shape, data) for member in source.members]
         return EnsembleTeacher(members).eval().requires_grad_(False)
     teacher = models.create(source.model_cfg.name, num_classes, in_shape, **source.model_cfg.kwargs)
     try:
@@ -111,4 +154,11 @@ def load_teacher(source, num_classes: int, in_shape: tuple[int, ...]) -> nn.Modu
         raise ConfigError(
             f"teacher weights {source.weights} do not fit model {source.model_cfg.name!r}: {first}"
         ) from None
+    wanted = source.input_for(data) if data is not None else None
+    if wanted is not None:
+        try:
+            adapter = input_adapter(data.preprocess, wanted, tuple(in_shape))
+        except (ValueError, RuntimeError) as err:
+            raise ConfigError(f"teacher {source.describe()}: its input does not fit this data ({err})") from None
+        teacher = attach_input_adapter(teacher, adapter)
     return teacher.eval().requires_grad_(False)
