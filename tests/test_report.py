@@ -158,3 +158,18 @@ def test_plots_draw_what_the_data_says(tmp_path):
     assert "diagonal 0.875" in fig.axes[0].get_title()
     path = plots.save_png(fig, tmp_path / "c.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_teacher_is_named_so_and_not_ranked_among_the_students(tmp_path, runs):
+    from kdlab.eval.report import _table, _teacher_runs, load_run, role
+
+    data = [load_run(r) for r in runs]
+    teachers = _teacher_runs(data)
+    assert teachers == {runs[0].resolve()}
+    assert [role(run, teachers) for run in data] == ["teacher", "student"]
+    html_rows = _table(data).split("<tr>")[2:]  # after the header row
+    assert len(html_rows) == 2
+    assert 'class="best"' not in html_rows[0]  # the teacher is more accurate, and not a contender
+    test = data[0].evaluation["test"]
+    figure = plots.split_confusion_figure(test, role(data[0], teachers))
+    assert figure.axes[0].get_title().startswith("teacher vs labels")

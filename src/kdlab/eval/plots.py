@@ -118,13 +118,14 @@ def confusion_figure(matrices: dict[str, list[list[int]]], axis_labels: dict[str
     return fig
 
 
-def split_confusion_figure(split_eval: dict[str, Any]) -> Figure:
-    """The two confusion matrices of one split of ``kdlab evaluate``: vs labels, and vs the teacher if any."""
-    matrices = {"student vs labels": split_eval["confusion_labels"]}
-    labels = {"student vs labels": ("true label", "student prediction")}
+def split_confusion_figure(split_eval: dict[str, Any], name: str = "student") -> Figure:
+    """The two confusion matrices of one split of ``kdlab evaluate``: vs labels, and vs the teacher if any;
+    ``name`` is what the run's model is called ("student", "teacher", "model")."""
+    matrices = {f"{name} vs labels": split_eval["confusion_labels"]}
+    labels = {f"{name} vs labels": ("true label", f"{name} prediction")}
     if "confusion_teacher" in split_eval:
-        matrices["student vs teacher"] = split_eval["confusion_teacher"]
-        labels["student vs teacher"] = ("teacher prediction", "student prediction")
+        matrices[f"{name} vs teacher"] = split_eval["confusion_teacher"]
+        labels[f"{name} vs teacher"] = ("teacher prediction", f"{name} prediction")
     return confusion_figure(matrices, labels)
 
 

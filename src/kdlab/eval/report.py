@@ -108,12 +108,39 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
+def _teacher_runs(runs: list[RunData]) -> set[Path]:
+    """The runs that another run of the report distilled from (its ``teacher.run``)."""
+    import yaml
+
+    teachers: set[Path] = set()
+    for run in runs:
+        try:
+            config = yaml.safe_load(run.config_text or "") or {}
+        except yaml.YAMLError:
+            continue
+        teacher = config.get("teacher") if isinstance(config, dict) else None
+        members = [teacher, *((teacher or {}).get("ensemble") or [])] if isinstance(teacher, dict) else []
+        for member in members:
+            if isinstance(member, dict) and member.get("run"):
+                teachers.add(Path(member["run"]).resolve())
+    return {run.path.resolve() for run in runs} & teachers
+
+
+def role(run: RunData, teachers: set[Path]) -> str:
+    """How a run's plots name its model: "teacher" for a report's teacher, "student" when it had one."""
+    if run.path.resolve() in teachers:
+        return "teacher"
+    return "student" if run.summary.get("teacher") else "model"
+
+
 def _table(runs: list[RunData]) -> str:
     ident, values = comparison_rows(runs)
     shown = [c for c in COLUMNS if any(v[c[0]] is not None for v in values)]
-    best = {}
+    teachers = _teacher_runs(runs)
+    compared = [v for run, v in zip(runs, values, strict=True) if run.path.resolve() not in teachers]
+    best = {}  # among the students: a reader compares them, not them with their teacher
     for key, _, _, _, better in shown:
-        present = [v[key] for v in values if v[key] is not None]
+        present = [v[key] for v in compared if v[key] is not None]
         if len(present) > 1:
             best[key] = max(present) if better == "max" else min(present)
     head = "".join(f'<th class="l">{h}</th>' for h in ("run", "model", "method", "params"))
@@ -156,7 +183,7 @@ def _fidelity_overview(runs: list[RunData]) -> bytes | None:
     return plots.png_bytes(fig)
 
 
-def _run_section(run: RunData, index: int) -> str:
+def _run_section(run: RunData, index: int, name: str = "student") -> str:
     parts = [f'<section class="run" id="run-{index}"><h2>{html.escape(run.name)}</h2>']
     s = run.summary
     parts.append(
@@ -169,13 +196,13 @@ def _run_section(run: RunData, index: int) -> str:
         images.append(_img(plots.png_bytes(fig), f"learning curves of {run.name}"))
     test = run.evaluation.get("test", {})
     if "reliability" in test:
-        curves = {"student": test["reliability"]}
+        curves = {name: test["reliability"]}
         if "teacher_reliability" in test:
-            curves["teacher"] = test["teacher_reliability"]
+            curves["its teacher" if name == "teacher" else "teacher"] = test["teacher_reliability"]
         fig = plots.reliability_figure(curves, "reliability (test)")
         images.append(_img(plots.png_bytes(fig), f"reliability diagram of {run.name}"))
     if "confusion_labels" in test:
-        fig = plots.split_confusion_figure(test)
+        fig = plots.split_confusion_figure(test, name)
         images.append(_img(plots.png_bytes(fig), f"confusion matrices of {run.name}"))
     if images:
         parts.append(f'<div class="row">{"".join(images)}</div>')
@@ -209,7 +236,8 @@ def render_report(runs: list[RunData], title: str = "kdlab report") -> str:
     overview = _fidelity_overview(runs)
     if overview is not None:
         parts += ["<h3>Fidelity per epoch (train subset vs validation)</h3>", _img(overview, "fidelity per epoch")]
-    parts += [_run_section(run, i) for i, run in enumerate(runs)]
+    teachers = _teacher_runs(runs)
+    parts += [_run_section(run, i, role(run, teachers)) for i, run in enumerate(runs)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

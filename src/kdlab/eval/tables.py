@@ -7,9 +7,11 @@ from rich.table import Table
 
 
 def summary_table(rows: list[dict], title: str) -> Table:
-    """One row per run: what it was and how it did on the test split."""
+    """One row per run: what it was and how it did on the test split; "teacher" is the teacher's accuracy measured
+    before distilling (on validation; "!" where the teacher check warned)."""
     table = Table(title=title, box=box.SIMPLE_HEAD)
-    for column in ("run", "model", "method", "params", "test acc", "NLL", "ECE", "agree", "KL t‖s", "sec"):
+    columns = ("run", "model", "method", "params", "test acc", "NLL", "ECE", "agree", "KL t‖s", "teacher", "sec")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("run", "model", "method") else "right", no_wrap=True)
 
     def fmt(metrics: dict, key: str, digits: int = 3) -> str:
@@ -27,9 +29,16 @@ def summary_table(rows: list[dict], title: str) -> Table:
             fmt(test, "ece"),
             fmt(test, "agreement"),
             fmt(test, "kl_teacher"),
+            _teacher_cell(row.get("teacher_check")),
             f"{row['wall_seconds']:.0f}",
         )
     return table
+
+
+def _teacher_cell(check: dict | None) -> str:
+    if not check or "accuracy" not in check:
+        return "-"
+    return f"{check['accuracy']:.4f}" + ("!" if check.get("status") == "warning" else "")
 
 
 EVAL_COLUMNS = {
