@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "teacher": {"errors", "config", "io", "losses", "models", "data"},
     "engine": {"errors", "config", "io", "losses", "eval", "models", "data", "methods", "teacher"},
     "tasks": {"errors", "config", "io", "losses", "eval", "models", "data", "methods", "teacher", "engine"},
-    "api": {"errors", "config", "engine", "tasks"},
+    "api": {"errors", "config", "models", "engine", "tasks"},
     "workflow": {"errors", "config", "io", "eval", "engine", "tasks", "api"},
     "compress": {"errors", "config", "io", "quiet", "eval", "models", "data", "methods", "engine", "tasks", "api"},
     "hf": {"errors", "config", "quiet", "losses", "methods", "teacher"},

@@ -231,7 +231,7 @@ def user_module(tmp_path, monkeypatch: pytest.MonkeyPatch) -> str:
         )
     )
     (tmp_path / "kdlab_test_broken_module.py").write_text("raise RuntimeError('boom')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # the user's own code: under the current directory (kdlab.models.trust)
     yield "kdlab_test_user_models.nets"
     for name in ("kdlab_test_user_models.nets", "kdlab_test_user_models", "kdlab_test_broken_module"):
         sys.modules.pop(name, None)

@@ -31,6 +31,25 @@ CONFIG = typer.Argument(..., help="YAML run configuration.", show_default=False)
 SET = typer.Option(None, "--set", help="Override a config value: --set train.epochs=3 (repeatable).")
 RESUME = typer.Option(False, "--resume", help="Continue the run in `out` from its last checkpoint.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing run directory.")
+EXTEND = typer.Option(
+    False, "--extend", help="Train a finished run on to a larger train.epochs (keeps it in finished-epoch-N/)."
+)
+TRUST = typer.Option(
+    False,
+    "--trust-remote-code",
+    help="Let a config's model 'package.module:callable' run code from outside your project (see SECURITY).",
+)
+
+
+def _finished_line(summary: dict) -> None:
+    """A finished run that --resume found: say so (nothing was trained or written)."""
+    from kdlab.api import FINISHED
+
+    if summary.get(FINISHED):
+        console.print(
+            f"run directory {summary[FINISHED]} is already finished (train.epochs={summary.get('epochs')}); nothing "
+            "done (--extend with a larger train.epochs trains on, --overwrite starts again)"
+        )
 
 
 def _version(value: bool) -> None:
@@ -120,34 +139,54 @@ def methods_command() -> None:
 
 
 @app.command("train")
-def train_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool = RESUME, overwrite: bool = OVERWRITE):
+def train_command(
+    config: Path = CONFIG,
+    set_: list[str] = SET,
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+    extend: bool = EXTEND,
+    trust_remote_code: bool = TRUST,
+):
     """Train a model with cross-entropy (e.g. a teacher)."""
     from kdlab.api import train
 
-    summary = train(config, set_, resume=resume, overwrite=overwrite)
+    summary = train(
+        config, set_, resume=resume, overwrite=overwrite, extend=extend, trust_remote_code=trust_remote_code
+    )
     if _main_process():
+        _finished_line(summary)
         console.print(_tables().summary_table([summary], f"trained: {summary['name']}"))
         _print_task_line(summary)
 
 
 @app.command("distill")
-def distill_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool = RESUME, overwrite: bool = OVERWRITE):
+def distill_command(
+    config: Path = CONFIG,
+    set_: list[str] = SET,
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+    extend: bool = EXTEND,
+    trust_remote_code: bool = TRUST,
+):
     """Distil a student from a teacher with the config's method."""
     from kdlab.api import distill
 
-    summary = distill(config, set_, resume=resume, overwrite=overwrite)
+    summary = distill(
+        config, set_, resume=resume, overwrite=overwrite, extend=extend, trust_remote_code=trust_remote_code
+    )
     if _main_process():
+        _finished_line(summary)
         console.print(_tables().summary_table([summary], f"distilled: {summary['name']}"))
         _print_task_line(summary)
 
 
 @app.command("cache-logits")
-def cache_logits_command(config: Path = CONFIG, set_: list[str] = SET):
+def cache_logits_command(config: Path = CONFIG, set_: list[str] = SET, trust_remote_code: bool = TRUST):
     """Run the teacher once over the data and store its logits for later distillation runs."""
     from kdlab.api import cache_logits, describe_cache
     from kdlab.config import load_config
 
-    path = cache_logits(config, set_)
+    path = cache_logits(config, set_, trust_remote_code=trust_remote_code)
     console.print(f"teacher logits cached in {path}")
     line = describe_cache(load_config(config, set_), path)
     if line:
@@ -160,11 +199,12 @@ def select_ptloss_command(
     set_: list[str] = SET,
     output: Path = typer.Option(None, help="Where the JSON and PNG go (default: <out>-ptloss-selection/)."),
     top: int = typer.Option(10, min=1, help="Rows of the table."),
+    trust_remote_code: bool = TRUST,
 ):
     """Choose PTLoss's epsilon through the proxy teacher on the validation split (no student training)."""
     from kdlab.api import select_ptloss
 
-    selection, out = select_ptloss(config, set_, output)
+    selection, out = select_ptloss(config, set_, output, trust_remote_code=trust_remote_code)
     table = Table(title=f"PTLoss epsilon candidates, best first (score: {selection.metric}, T={selection.temperature})")
     for column in ("rank", "#", "epsilon", "L2", "TV", "NLL", "ECE", "acc"):
         table.add_column(column, justify="left" if column == "epsilon" else "right")
@@ -188,15 +228,18 @@ def chain_command(
     config: Path = typer.Argument(..., help="YAML chain: out, base, stages.", show_default=False),
     set_: list[str] = SET,
     overwrite: bool = typer.Option(False, "--overwrite", help="Re-run every stage."),
+    trust_remote_code: bool = TRUST,
 ):
     """Distil through a sequence of models (teacher → assistant(s) → student); finished stages are skipped."""
+    from kdlab.api import model_imports
     from kdlab.workflow.chain import chain
 
     def announce(index: int, cfg, action: str) -> None:
         verb = {"skip": "finished before, skipped", "resume": "resuming", "fresh": "running", "overwrite": "re-running"}
         console.print(f"[bold]stage {index + 1}[/] {cfg.name} → {cfg.out}: {verb[action]}")
 
-    summaries = chain(config, set_, overwrite=overwrite, on_stage=announce)
+    with model_imports(config, trust_remote_code):
+        summaries = chain(config, set_, overwrite=overwrite, on_stage=announce)
     console.print(_tables().summary_table(summaries, f"chain: {Path(summaries[-1]['out']).parent}"))
 
 
@@ -208,11 +251,14 @@ def sweep_command(
     jobs: int = typer.Option(1, "--jobs", help="Runs in parallel (separate processes)."),
     out: Path = typer.Option(None, "--out", help="Where the runs go (default: <config out>-sweep)."),
     overwrite: bool = OVERWRITE,
+    trust_remote_code: bool = TRUST,
 ):
     """Run a grid of configs, one run directory each, then one table and plot; finished runs are skipped."""
+    from kdlab.api import model_imports
     from kdlab.workflow.sweep import parse_grid, sweep
 
-    result = sweep(config, parse_grid(grid), set_, root=out, jobs=jobs, overwrite=overwrite)
+    with model_imports(config, trust_remote_code):
+        result = sweep(config, parse_grid(grid), set_, root=out, jobs=jobs, overwrite=overwrite)
     rows = [{**p.summary, "name": p.name} for p in result.points if p.summary is not None]
     console.print(_tables().summary_table(rows, f"sweep: {result.root}"))
     console.print("written: " + ", ".join(str(path) for path in result.files.values()))
@@ -222,6 +268,7 @@ def sweep_command(
 def evaluate_command(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
     no_latency: bool = typer.Option(False, "--no-latency", help="Skip the CPU latency measurement."),
+    trust_remote_code: bool = TRUST,
 ):
     """Metrics of a finished run on train, val and test (accuracy, NLL, ECE, fidelity to the teacher) and its
     footprint (bytes on disk, parameters, non-zeros, CPU latency at batch 1 and 256); written into its
@@ -231,7 +278,7 @@ def evaluate_command(
     from kdlab.eval.plots import write_run_plots
     from kdlab.eval.report import load_run
 
-    result = evaluate(run_dir, latency=not no_latency)
+    result = evaluate(run_dir, latency=not no_latency, trust_remote_code=trust_remote_code)
     console.print(_tables().evaluation_table(result, f"evaluation of {run_dir}"))
     console.print(_tables().footprint_line(result["footprint"]))
     written = write_run_plots(run_dir / "plots", load_run(run_dir).records, result)
@@ -244,6 +291,7 @@ def report_command(
     output: Path = typer.Option(Path("report.html"), "-o", "--output", help="The HTML file to write."),
     title: str = typer.Option("kdlab report", help="Heading of the report."),
     reevaluate: bool = typer.Option(False, "--reevaluate", help="Run `evaluate` again even where it was run."),
+    trust_remote_code: bool = TRUST,
 ):
     """One self-contained HTML file comparing runs: configs, a table and plots (runs `evaluate` where needed)."""
     import kdlab.compress  # noqa: F401  (int8 runs load through the format it registers)
@@ -255,7 +303,7 @@ def report_command(
     for run_dir in run_dirs:
         if reevaluate or "evaluation" not in load_run(run_dir).summary:
             console.print(f"evaluating {run_dir} ...")
-            evaluate(run_dir)
+            evaluate(run_dir, trust_remote_code=trust_remote_code)
     path = write_report(run_dirs, output, title)
     console.print(_tables().summary_table([load_run(d).summary for d in run_dirs], title))
     console.print(f"report written to {path} ({path.stat().st_size / 1024:.0f} KiB)")
@@ -273,11 +321,15 @@ def demo_command(
 
 
 @app.command("compress")
-def compress_command(config: Path = CONFIG, set_: list[str] = SET, overwrite: bool = OVERWRITE):
+def compress_command(
+    config: Path = CONFIG, set_: list[str] = SET, overwrite: bool = OVERWRITE, trust_remote_code: bool = TRUST
+):
     """Prune a finished run's model (compress.source) and recover it with the config's method (ce = fine-tune)."""
+    from kdlab.api import model_imports
     from kdlab.compress.recover import compress
 
-    summary = compress(config, set_, overwrite=overwrite)
+    with model_imports(config, trust_remote_code):
+        summary = compress(config, set_, overwrite=overwrite)
     if _main_process():
         console.print(_tables().summary_table([summary], f"compressed: {summary['name']}"))
         info = summary["compress"]
@@ -306,11 +358,14 @@ def export_command(
     run_dir: Path = typer.Argument(..., help="A finished run directory (float, pruned or int8).", show_default=False),
     output: Path = typer.Option(None, "-o", "--output", help="The ONNX file (default: RUN_DIR/model.onnx)."),
     float_: bool = typer.Option(False, "--float", help="A quantized run's float weights, not its int8 model."),
+    trust_remote_code: bool = TRUST,
 ):
     """Export a run's model to ONNX (variable batch) and check it against the torch model on the run's test data."""
+    from kdlab.api import model_imports
     from kdlab.compress.export import export_run
 
-    report = export_run(run_dir, output, float_model=float_)
+    with model_imports(run_dir / "config.yaml", trust_remote_code):
+        report = export_run(run_dir, output, float_model=float_)
     console.print(
         f"exported {report['path']} ({report['file_bytes']:,} bytes, {report['kind']}); onnxruntime vs torch on "
         f"{report['rows']} test inputs: argmax agreement {report['agreement']:.4f}, "
@@ -326,13 +381,43 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     Console(stderr=True, width=console.width).print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)
 
 
+class Interrupted(BaseException):
+    """Ctrl-C as kdlab's own exception: click turns a KeyboardInterrupt into "Aborted!" and exit code 1, while
+    ``main`` reports this one as one line and exit code 130 (the shell's code for SIGINT). Like a
+    KeyboardInterrupt it is no ``Exception``: every ``finally`` runs, so atomic writes leave no temporary file
+    and the run directory's lock is released."""
+
+
+def _interrupt(signum, frame) -> None:
+    raise Interrupted()
+
+
+def _os_error_line(err: OSError) -> str:
+    """A failed read or write (a full disk, a read-only directory) as one line naming the file."""
+    where = f" {err.filename}" if err.filename else ""
+    reason = err.strerror or str(err) or type(err).__name__
+    return f"cannot read or write{where}: {reason}"
+
+
+def _error(message: str) -> None:
+    from rich.text import Text
+
+    line = Text.assemble(("error:", "bold red"), " ", message)  # a message's own [brackets] stay as they are
+    Console(stderr=True, width=console.width).print(line, soft_wrap=True)
+
+
 def main() -> None:
-    """Entry point: a user error becomes one red line and exit code 2, never a traceback."""
+    """Entry point: a user error becomes one red line and exit code 2 (Ctrl-C: "interrupted", exit code 130),
+    never a traceback."""
+    import signal
+    import threading
     import warnings
 
     from kdlab.errors import TrainingError  # light: --help must not import torch
 
     warnings.showwarning = _one_line_warning
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _interrupt) if main_thread else None
     finished = False
     try:
         app()
@@ -341,9 +426,18 @@ def main() -> None:
         finished = done.code in (0, None)
         raise
     except (ValueError, FileNotFoundError, TrainingError) as err:
-        Console(stderr=True, width=console.width).print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        _error(str(err))
         sys.exit(2)
+    except OSError as err:
+        _error(_os_error_line(err))
+        sys.exit(2)
+    except (Interrupted, KeyboardInterrupt):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up below
+        _error("interrupted")
+        sys.exit(130)
     finally:  # under torchrun: tear the process group down before exit (kdlab.engine.end_process_group)
+        if main_thread:  # main() called in-process (tests, scripts) leaves Ctrl-C as it found it
+            signal.signal(signal.SIGINT, previous)
         if "torch" in sys.modules:  # nothing imported torch (e.g. --help): no process group can exist
             from kdlab.engine.processes import end_process_group
 

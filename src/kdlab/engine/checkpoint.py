@@ -9,6 +9,7 @@ moment therefore leaves either the old or the new checkpoint, never a half-writt
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -17,10 +18,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from kdlab.io import atomic_write_text
+from kdlab.errors import TrainingError
+from kdlab.io import TEMP_SUFFIX, atomic_write_text, set_default_mode
 
 
 @dataclass
@@ -38,9 +41,10 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Student weights only, as safetensors, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         save_file(model_state(model), str(tmp), metadata=metadata)
+        set_default_mode(tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -75,7 +79,7 @@ def save_checkpoint(
 ) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{position.global_step:09d}-e{position.epoch}-b{position.step_in_epoch}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-", suffix=TEMP_SUFFIX))
     try:
         save_file(model_state(model), str(tmp / "model.safetensors"))
         if method_modules:
@@ -89,6 +93,8 @@ def save_checkpoint(
             "position": [position.epoch, position.step_in_epoch, position.global_step, position.metrics_offset],
         }
         torch.save(state, tmp / "state.pt")
+        for written in (tmp, *tmp.iterdir()):
+            set_default_mode(written)
         final = root / name
         if final.exists():
             shutil.rmtree(final)
@@ -111,6 +117,32 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if (path / "state.pt").is_file() and (path / "model.safetensors").is_file() else None
 
 
+def _unreadable(path: Path, err: Exception) -> TrainingError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, pickle.UnpicklingError):
+        return TrainingError(
+            f"checkpoint {path / 'state.pt'} holds objects other than tensors and numbers, which kdlab never "
+            f"unpickles (torch.load weights_only=True: {first}); pass --overwrite to start the run again"
+        )
+    return TrainingError(
+        f"checkpoint {path} is unreadable (truncated or corrupt: {type(err).__name__}: {first}); "
+        "pass --overwrite to start the run again"
+    )
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Read a checkpoint's headers and state without keeping it (``mmap``: no copy of the tensors), so that a
+    resume refuses a truncated or unsafe checkpoint before it touches the run directory."""
+    try:
+        for name in ("model.safetensors", "method.safetensors"):
+            if (path / name).is_file():
+                with safe_open(str(path / name), framework="pt"):
+                    pass
+        torch.load(path / "state.pt", map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise _unreadable(path, err) from None
+
+
 def load_checkpoint(
     path: Path,
     model: nn.Module,
@@ -119,10 +151,13 @@ def load_checkpoint(
     method: _Stateful | None = None,
     method_modules: Mapping[str, nn.Module] | None = None,
 ) -> Position:
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
-    if method_modules:
-        load_modules_state(method_modules, load_file(str(path / "method.safetensors")))
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        if method_modules:
+            load_modules_state(method_modules, load_file(str(path / "method.safetensors")))
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupt, or holding objects that weights_only refuses
+        raise _unreadable(path, err) from None
     if method is not None:
         method.load_state_dict(state.get("method", {}))
     optimizer.load_state_dict(state["optimizer"])

@@ -25,17 +25,22 @@ from kdlab.config import TrackingConfig, TrainConfig
 from kdlab.errors import ConfigError
 from kdlab.io import atomic_write_json
 
-SUMMARY = "summary.json"
+from .runguard import SUMMARY, contents
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool, acc: Accelerator) -> None:
-    """Make ``out`` ready for a run: refuse a finished or unfinished run there unless resuming or overwriting."""
+    """Make ``out`` ready for a run: refuse a finished or unfinished run there unless resuming or overwriting.
+    The run's lock (``engine.runguard``) stays: an overwrite empties the directory around it."""
     if acc.is_main_process:
-        if out.exists() and any(out.iterdir()) and not resume:
+        if contents(out) and not resume:
             if not overwrite:
                 state = "a finished run" if (out / SUMMARY).exists() else "an unfinished run (use --resume)"
                 raise ConfigError(f"run directory {out} already holds {state}; pass --overwrite or choose another out")
-            shutil.rmtree(out)
+            for path in contents(out):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         out.mkdir(parents=True, exist_ok=True)
         (out / SUMMARY).unlink(missing_ok=True)
     acc.wait_for_everyone()

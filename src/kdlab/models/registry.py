@@ -3,18 +3,19 @@
 A factory takes ``num_classes`` and ``in_shape`` plus keyword hyper-parameters and returns an ``nn.Module``
 whose ``forward(x)`` gives logits ``(N, num_classes)``. Registry names are case-insensitive (mdistiller
 spells ``MobileNetV2``); a name of the form ``"package.module:callable"`` builds a user's own model, so
-configs can point at code kdlab has never seen.
+configs can point at code kdlab has never seen — under the trust check of ``kdlab.models.trust``.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from torch import nn
+
+from .trust import import_user_module
 
 Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
 
@@ -95,17 +96,20 @@ def _check_in_shape(in_shape: object) -> tuple[int, ...]:
     return tuple(dims)  # type: ignore[arg-type]
 
 
+def check_import(name: str) -> None:
+    """Resolve a ``"package.module:callable"`` model name now (trust, import, attribute) without building it: a
+    run checks its model this way before it creates its directory. Registry names need nothing."""
+    if isinstance(name, str) and ":" in name:
+        _import_callable(name)
+
+
 def _import_callable(spec: str) -> Callable[..., nn.Module]:
-    """Resolve ``"package.module:attr[.attr]"``; every failure becomes one ValueError naming what is missing."""
+    """Resolve ``"package.module:attr[.attr]"``; every failure becomes one ValueError naming what is missing, and
+    code from outside the user's project is refused unless trusted (``kdlab.models.trust``)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"model {spec!r} must look like 'package.module:callable'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as err:
-        raise ValueError(
-            f"cannot import module {module_name!r} for model {spec!r}: {type(err).__name__}: {err}"
-        ) from err
+    obj: Any = import_user_module(module_name, spec)
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from kdlab import api
 from kdlab.config import RunConfig, dump_config, load_config
 from kdlab.engine.loop import progress_bar
 from kdlab.errors import ConfigError, TrainingError
@@ -197,7 +198,7 @@ def _run_parallel(root: Path, todo: list[Point], jobs: int, done) -> None:
     """``jobs`` ``kdlab`` processes at a time, each on its own resolved config; logs in ``<root>/logs/``."""
     (root / "configs").mkdir(parents=True, exist_ok=True)
     (root / "logs").mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = {**os.environ, **api.import_environment()}  # the jobs find (and trust) the same model code
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     waiting, running = list(todo), []
     while waiting or running:
