@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"errors"},
     "losses": set(),
     "eval": {"errors", "io"},
-    "models": {"errors", "quiet"},
+    "models": {"errors", "io", "quiet"},
     "data": {"errors", "io"},
     "methods": {"errors", "losses", "eval"},
     "teacher": {"errors", "config", "io", "losses", "models", "data"},

@@ -104,8 +104,7 @@ def _config(project: Path, out: str, standardize: bool | None, student_standardi
 
 @pytest.fixture
 def in_project(project, monkeypatch):
-    monkeypatch.chdir(project)
-    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.chdir(project)  # my_teacher.py is found in the current directory, no PYTHONPATH
     return project
 
 
@@ -163,7 +162,8 @@ def test_evaluate_from_another_directory_reproduces_the_summary(in_project, tmp_
     saved = (run / "config.yaml").read_text()
     assert f"path: {in_project.resolve() / 'digits.csv'}" in saved or str(in_project / "digits.csv") in saved
     os.chdir(tmp_path)  # the monkeypatch fixture restores the directory
-    result = kdlab.evaluate(run, ("test",), latency=False)
-    assert result["test"]["accuracy"] == summary["test_accuracy"]
+    result = kdlab.evaluate(run, ("test",), latency=False)  # rebuilds the teacher from my_teacher.py, found where
+    assert result["test"]["accuracy"] == summary["test_accuracy"]  # the run recorded it (import_roots.json)
+    assert result["teacher"] is True
     names = summary["data"]["class_names"]
     assert names == [f"digit-{i}" for i in range(10)]

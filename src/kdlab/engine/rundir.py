@@ -21,9 +21,9 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 import kdlab
-from kdlab.config import TrackingConfig, TrainConfig
+from kdlab.config import RunBase, TrackingConfig, TrainConfig, absolute_paths, dump_config
 from kdlab.errors import ConfigError
-from kdlab.io import atomic_write_json
+from kdlab.io import atomic_write_json, atomic_write_text
 
 from .runguard import SUMMARY, contents
 
@@ -44,6 +44,15 @@ def prepare_out(out: Path, resume: bool, overwrite: bool, acc: Accelerator) -> N
         out.mkdir(parents=True, exist_ok=True)
         (out / SUMMARY).unlink(missing_ok=True)
     acc.wait_for_everyone()
+
+
+def write_config(out: Path, cfg: RunBase) -> None:
+    """config.yaml with every path absolute, and where the config's own model modules were found: what
+    ``kdlab evaluate RUN`` (and ``export``, ``report``, ``teacher.run``) need from any working directory."""
+    from kdlab.models.trust import save_roots
+
+    atomic_write_text(out / "config.yaml", dump_config(absolute_paths(cfg)))
+    save_roots(out)
 
 
 def use_cpu(train: TrainConfig) -> bool:

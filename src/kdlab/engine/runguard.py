@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from kdlab.config import RunBase, load_config
+from kdlab.config import RunBase, absolute_paths, load_config
 from kdlab.errors import ConfigError
 from kdlab.io import TEMP_SUFFIX, set_default_mode
 from kdlab.models.registry import check_import
@@ -156,11 +156,11 @@ def _harmless(key: str) -> bool:
 def config_changes(out: Path, cfg: RunBase) -> dict[str, tuple[Any, Any]]:
     """``{key: (stored, new)}`` for every key of ``cfg`` that differs from ``<out>/config.yaml`` and matters."""
     path = out / "config.yaml"
-    try:
-        stored = load_config(path).model_dump(mode="json")  # defaults filled in as for the new config
+    try:  # defaults filled in as for the new config; paths absolute in both (a run saves them so)
+        stored = absolute_paths(load_config(path)).model_dump(mode="json")
     except ConfigError:  # written by another kdlab version: compare what it says
         stored = yaml.safe_load(path.read_text()) or {}
-    old, new = _flat(stored), _flat(cfg.model_dump(mode="json"))
+    old, new = _flat(stored), _flat(absolute_paths(cfg).model_dump(mode="json"))
     missing = "(absent)"
     return {
         key: (old.get(key, missing), new.get(key, missing))

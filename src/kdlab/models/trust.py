@@ -67,15 +67,40 @@ def import_policy(
     config_dir: str | os.PathLike[str] | None = None, trust_remote_code: bool | None = None
 ) -> Iterator[ImportPolicy]:
     """Search ``config_dir`` (then the current directory) for the user's own modules, and trust other code when
-    ``trust_remote_code`` (None: as the enclosing policy or the environment says). Nests; restores on exit."""
+    ``trust_remote_code`` (None: as the enclosing policy or the environment says). A run directory's config
+    also searches the roots the run recorded (``save_roots``). Nests; restores on exit."""
     outer = current()
-    roots = tuple(dict.fromkeys([*([Path(config_dir)] if config_dir is not None else []), *outer.roots]))
+    given = [Path(config_dir), *saved_roots(Path(config_dir))] if config_dir is not None else []
+    roots = tuple(dict.fromkeys([*given, *outer.roots]))
     trusted = outer.trust_remote_code or bool(trust_remote_code)
     token = _POLICY.set(ImportPolicy(roots=roots, trust_remote_code=trusted))
     try:
         yield _POLICY.get()  # type: ignore[misc]
     finally:
         _POLICY.reset(token)
+
+
+ROOTS_FILE = "import_roots.json"  # in a run directory: where its config's own modules were found
+
+
+def save_roots(out: Path) -> None:
+    """Record the directories of the user's own code in force (the config's directory, the cwd) in the run, so
+    that ``kdlab evaluate RUN`` started elsewhere finds a module that sat beside the original config."""
+    from kdlab.io import atomic_write_json
+
+    atomic_write_json(out / ROOTS_FILE, {"roots": [str(r.resolve()) for r in current().roots]})
+
+
+def saved_roots(run: Path) -> tuple[Path, ...]:
+    """The roots a run recorded (none for older runs or an unreadable file: the run directory and the cwd still
+    count). Installed code stays outside the user's own code whatever a run says (``is_own_code``)."""
+    import json
+
+    try:
+        roots = json.loads((run / ROOTS_FILE).read_text()).get("roots", [])
+    except (OSError, ValueError, AttributeError):
+        return ()
+    return tuple(Path(r) for r in roots if isinstance(r, str) and Path(r).is_dir())
 
 
 def policy_environment() -> dict[str, str]:

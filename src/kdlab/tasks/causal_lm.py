@@ -25,7 +25,7 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
-from kdlab.config import RunConfig, dump_config
+from kdlab.config import RunConfig
 from kdlab.data.text import TextSplits, load_text
 from kdlab.engine.loop import run_loop
 from kdlab.engine.rundir import (
@@ -34,11 +34,11 @@ from kdlab.engine.rundir import (
     run_accelerator,
     use_cpu,
     versions,
+    write_config,
     write_report,
     write_summary,
 )
 from kdlab.errors import ConfigError
-from kdlab.io import atomic_write_text
 from kdlab.methods import Method, Outputs, SetupContext
 from kdlab.methods import build as build_method
 from kdlab.methods.token import teacher_outputs
@@ -185,7 +185,7 @@ def run_lm(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, c
         teacher = resolve_lm_teacher(cfg, data, student_vocab, acc.device)
     prepare_out(out, resume, overwrite, acc)
     if acc.is_main_process:
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
+        write_config(out, cfg)
     method.setup(setup_context(method, teacher, data, out, acc))
     result = _fit_lm(model, data, method, teacher, cfg, acc, out, callbacks, resume)
     summary = {

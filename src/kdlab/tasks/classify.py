@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kdlab import models
-from kdlab.config import RunConfig, absolute_paths, dump_config
+from kdlab.config import RunConfig
 from kdlab.data.preprocess import PREPROCESS_FILE, Preprocess, load_preprocess
 from kdlab.engine.predict import predict
 from kdlab.engine.rundir import (
@@ -25,13 +25,13 @@ from kdlab.engine.rundir import (
     start_trackers,
     use_cpu,
     versions,
+    write_config,
     write_report,
     write_summary,
 )
 from kdlab.engine.speed import fast_teacher
 from kdlab.engine.supervised import tap, train_splits
 from kdlab.errors import CacheError, ConfigError
-from kdlab.io import atomic_write_text
 from kdlab.methods import SetupContext
 from kdlab.methods import build as build_method
 from kdlab.teacher.logit_cache import cached_feature_names, read_cache, read_cached_features, write_cache
@@ -164,7 +164,7 @@ def run_classify(
     teacher_check = _check_teacher(cfg, data, teacher, cached, acc) if teacher is not None or cached else None
     prepare_out(out, resume, overwrite, acc)
     if acc.is_main_process:
-        atomic_write_text(out / "config.yaml", dump_config(absolute_paths(cfg)))
+        write_config(out, cfg)
         data.preprocess.save(out / PREPROCESS_FILE)
     torch.manual_seed(cfg.seed)
     student = build_student(cfg, data) if student is None else student
