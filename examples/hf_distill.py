@@ -19,9 +19,13 @@ import textwrap
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
+# kdlab.hf first: it imports torchao quietly, which transformers would otherwise import with warnings about CUDA
+# kernels a CPU machine cannot load (nothing a user can act on)
 from kdlab.hf import CausalLMCollator, DistillationTrainer, write_teacher_cache
+
+# isort: split
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 VOCAB = 256  # bytes
 

@@ -342,3 +342,72 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     assert [line for line in stderr.splitlines() if line.strip()] == ["error: interrupted"]
     left = [p.name for p in out.rglob("*")]
     assert ".lock" not in left and "summary.json" not in left and not [n for n in left if n.endswith(".tmp")]
+
+
+# ---- own data, own teacher ----
+
+
+def _npz(path: Path, y_train: list[int]) -> Path:
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(len(y_train), 4)).astype(np.float32)
+    np.savez(path, x_train=x, y_train=np.array(y_train), x_test=x[:12], y_test=np.array(y_train[:12]))
+    return path
+
+
+def _csv(path: Path, labels: list[str]) -> Path:
+    path.write_text("a,b,label\n" + "".join(f"{i % 7},{i % 3},{label}\n" for i, label in enumerate(labels)))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("data", "overrides", "fragment"),
+    [
+        ({"name": "digits"}, ["--set", "method.alpha=.nan"], "method.alpha: must be a finite number"),
+        ({"name": "digits"}, ["--set", "train.optimizer.lr=.inf"], "train.optimizer.lr: must be a finite number"),
+        ("npz-1..K", [], "are they 1..K?"),
+        ("csv-one-class", [], "single class"),
+        ("csv-missing-class", [], "has no training rows"),
+        ({"name": "digits", "val_fraction": 1.5}, [], "data.val_fraction"),
+    ],
+)
+def test_bad_data_and_values_leave_no_directory(tmp_path, monkeypatch, capsys, data, overrides, fragment):
+    if data == "npz-1..K":
+        data = {"name": "npz", "path": str(_npz(tmp_path / "d.npz", [1, 2, 3] * 20))}
+    elif data == "csv-one-class":
+        data = {"name": "csv", "path": str(_csv(tmp_path / "d.csv", ["a"] * 40))}
+    elif data == "csv-missing-class":  # "c" only in the validation file: no training row
+        val = _csv(tmp_path / "v.csv", ["a", "b", "c"] * 4)
+        data = {"name": "csv", "path": str(_csv(tmp_path / "d.csv", ["a", "b"] * 20)), "val_path": str(val)}
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "cfg.yaml", out, data=data)
+    one_error(monkeypatch, capsys, fragment, "train", str(cfg), *overrides)
+    assert not out.exists()
+
+
+def test_a_teacher_with_another_label_count_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "seven.py").write_text(
+        "from torch import nn\n\n\ndef build(num_classes, in_shape):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 7))  # 7 outputs, whatever num_classes\n"
+    )
+    from safetensors.torch import save_file
+
+    save_file({"1.weight": torch.zeros(7, 64), "1.bias": torch.zeros(7)}, str(tmp_path / "seven.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    teacher = {"model": {"name": "seven:build"}, "weights": "seven.safetensors"}
+    cfg = write_config(
+        tmp_path / "cfg.yaml", tmp_path / "run", data={"name": "digits"}, teacher=teacher, method={"name": "kd"}
+    )
+    one_error(monkeypatch, capsys, "outputs (2, 7) for 2 inputs, the data has 10 classes", "distill", str(cfg))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_teacher_at_chance_stops_the_run_when_asked(finished, tmp_path, monkeypatch, capsys):
+    from safetensors.torch import load_file, save_file
+
+    spoiled = {k: torch.zeros_like(v) for k, v in load_file(str(finished / "model.safetensors")).items()}
+    save_file(spoiled, str(tmp_path / "zero.safetensors"))  # every logit 0: argmax is class 0, chance level
+    teacher = {"model": BASE["model"], "weights": str(tmp_path / "zero.safetensors"), "check": "error"}
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "run", teacher=teacher, method={"name": "kd"})
+    one_error(monkeypatch, capsys, "is its input preprocessed as it was trained?", "distill", str(cfg))
+    assert not (tmp_path / "run").exists()

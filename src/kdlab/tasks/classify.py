@@ -38,7 +38,14 @@ from kdlab.teacher.logit_cache import cached_feature_names, read_cache, read_cac
 from kdlab.teacher.source import load_teacher, resolve_teacher
 
 from .base import Task, register
-from .classify_checks import TEACHER_CHECK_ROWS, chance_level, check_teacher, recorded_accuracy, run_health
+from .classify_checks import (
+    TEACHER_CHECK_ROWS,
+    chance_level,
+    check_outputs,
+    check_teacher,
+    recorded_accuracy,
+    run_health,
+)
 
 
 def load_data(cfg: RunConfig, stats: Preprocess | None = None):
@@ -161,13 +168,16 @@ def run_classify(
         if teacher is not None:
             t = cfg.teacher
             teacher = fast_teacher(teacher, channels_last=t.channels_last, precision=t.precision, compile=t.compile)
+    if teacher is not None:
+        check_outputs(teacher, data, f"teacher {teacher_desc}")
     teacher_check = _check_teacher(cfg, data, teacher, cached, acc) if teacher is not None or cached else None
+    torch.manual_seed(cfg.seed)
+    student = build_student(cfg, data) if student is None else student
+    check_outputs(student, data, f"model {cfg.model.name!r}")  # before touching `out`, as the teacher
     prepare_out(out, resume, overwrite, acc)
     if acc.is_main_process:
         write_config(out, cfg)
         data.preprocess.save(out / PREPROCESS_FILE)
-    torch.manual_seed(cfg.seed)
-    student = build_student(cfg, data) if student is None else student
     start_trackers(acc, cfg.tracking, cfg.name, cfg.model_dump(mode="json"))
     result = train_splits(
         student,

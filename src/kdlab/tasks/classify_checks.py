@@ -24,6 +24,29 @@ BELOW_RECORDED = 0.05  # accuracy points below the teacher's recorded accuracy t
 TEACHER_CHECK_ROWS = 5000  # of the validation split (or of train, when there is no validation split)
 
 
+@torch.no_grad()
+def check_outputs(model, data, what: str) -> None:
+    """A model whose output does not have one logit per class of the data (a user module that ignores
+    ``num_classes``, a teacher trained on another label set) is one line, before anything is trained."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        out = model(data.x_train[:2].to(device))
+    except RuntimeError as err:
+        raise ConfigError(
+            f"{what} does not take this data's inputs {tuple(data.in_shape)}: {str(err).splitlines()[0]}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[1] != data.num_classes:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(
+            f"{what} outputs {shape} for 2 inputs, the data has {data.num_classes} classes "
+            f"({', '.join(data.class_names[:5])}{', ...' if data.num_classes > 5 else ''})"
+        )
+
+
 def chance_level(y: Tensor, num_classes: int) -> float:
     """The accuracy of always predicting the most frequent class of ``y``."""
     if len(y) == 0:
