@@ -34,8 +34,9 @@ def _splits(rows: int = 22, features: int = 5, classes: int = 3) -> Splits:
     [
         (22, 4, 1, False, [4, 4, 4, 4, 4, 2]),
         (22, 4, 1, True, [4, 4, 4, 4, 4]),
-        (23, 4, 2, False, [4, 4, 4, 4, 4, 3]),  # 3 rows left: 2 for one process, 1 for the other
-        (21, 4, 2, False, [4, 4, 4, 4, 4]),  # 1 row left: fewer than the processes, skipped
+        (23, 8, 2, False, [8, 8, 7]),  # 7 rows left: 4 for one process, 3 for the other
+        (23, 4, 2, False, [4, 4, 4, 4, 4]),  # 3 rows left: one process would train on a single row, skipped
+        (21, 4, 1, False, [4, 4, 4, 4, 4]),  # 1 row left: batch norm cannot train on it, skipped
         (8, 4, 1, False, [4, 4]),
     ],
 )

@@ -23,12 +23,13 @@ def batch_sizes(num_rows: int, batch_size: int, world: int = 1, *, drop_last: bo
     """The global rows of each micro-batch of an epoch: full batches, then the partial rest unless ``drop_last``.
 
     The rest is dealt round-robin like any batch, so processes may get one row more than others (the tasks weigh
-    every row alike, see their ``objective``); a rest smaller than ``world`` would leave a process without rows
-    and is skipped — then, only then, N processes see other rows than one.
+    every row alike, see their ``objective``). A rest with fewer than two rows per process is skipped: batch norm
+    cannot train on one row (and a process without rows has no mean) — then, only then, N processes see other
+    rows than one.
     """
     sizes = [batch_size] * (num_rows // batch_size)
     rest = num_rows % batch_size
-    if rest >= world and not drop_last:
+    if rest >= 2 * world and not drop_last:
         sizes.append(rest)
     return sizes
 
