@@ -215,3 +215,14 @@ def test_input_adapter_against_the_formula():
     torch.testing.assert_close(adapter(x_student.float()).double(), expected, rtol=1e-5, atol=1e-4)
     assert input_adapter(student, student, shape) is None
     assert math.isclose(float(adapter.weight[0, 0, 0]), 0.2 / float(teacher.std[0, 0, 0]), rel_tol=1e-6)
+
+
+def test_train_threads_sets_and_records_torch_threads(tmp_path):
+    summary = kdlab.train(
+        {
+            "out": str(tmp_path / "run"),
+            "model": {"name": "mlp", "kwargs": {"hidden": [8]}},
+            "train": {"epochs": 1, "progress": False, "cpu": True, "train_eval_size": 0, "threads": 2},
+        }
+    )
+    assert summary["threads"] == torch.get_num_threads() == 2  # the fixture restores the count afterwards

@@ -157,6 +157,9 @@ class TrainConfig(_Strict):
     log_every_steps: int = Field(50, ge=1)
     nan_policy: Literal["stop", "skip"] = "stop"
     cpu: bool = False
+    # torch's intra-op CPU threads for this run (None: torch's default, one per core); on a busy machine fewer
+    # threads than cores can be much faster (README, "Threads")
+    threads: int | None = Field(None, ge=1)
     progress: bool = True
     # speed switches for the student's step (kdlab.engine.speed): channels-last layout, torch.compile
     channels_last: bool = False

@@ -69,7 +69,10 @@ def new_accelerator(**kwargs: Any) -> Accelerator:
 
 
 def run_accelerator(train: TrainConfig, tracking: TrackingConfig, out: Path) -> Accelerator:
-    """The Accelerator of a training run, with the trackers the config asks for (checked before anything runs)."""
+    """The Accelerator of a training run, with the trackers the config asks for (checked before anything runs);
+    ``train.threads`` sets torch's CPU threads for the process."""
+    if train.threads is not None:
+        torch.set_num_threads(train.threads)
     trackers = [name for name, on in (("tensorboard", tracking.tensorboard), ("mlflow", tracking.mlflow)) if on]
     for name in trackers:
         if importlib.util.find_spec(name) is None:

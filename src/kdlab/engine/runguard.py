@@ -45,6 +45,7 @@ HARMLESS = (
     "tracking",
     "train.progress",
     "train.log_every_steps",
+    "train.threads",
     "train.eval_batch_size",
     "train.checkpoint_every_steps",
     "train.keep_epoch_checkpoints",

@@ -378,6 +378,7 @@ def fit(
         "train_seconds": result.train_seconds,
         "samples_per_second": result.samples_per_second,
         "world_size": acc.num_processes,
+        "threads": torch.get_num_threads(),
         "seed": seed,
         "data": {"train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
         "versions": versions(),

@@ -200,6 +200,7 @@ def run_lm(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, c
         "wall_seconds": time.perf_counter() - wall_start,
         "parameters": count_parameters(model),
         "world_size": acc.num_processes,
+        "threads": torch.get_num_threads(),
         "seed": cfg.seed,
         "data": {
             "name": "text",

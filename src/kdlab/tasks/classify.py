@@ -215,6 +215,7 @@ def run_classify(
         "samples_per_second": result.samples_per_second,
         "parameters": models.count_parameters(student),
         "world_size": acc.num_processes,
+        "threads": torch.get_num_threads(),
         "seed": cfg.seed,
         "data": {
             "name": data.name,
