@@ -148,15 +148,7 @@ def train_command(
     trust_remote_code: bool = TRUST,
 ):
     """Train a model with cross-entropy (e.g. a teacher)."""
-    from kdlab.api import train
-
-    summary = train(
-        config, set_, resume=resume, overwrite=overwrite, extend=extend, trust_remote_code=trust_remote_code
-    )
-    if _main_process():
-        _finished_line(summary)
-        console.print(_tables().summary_table([summary], f"trained: {summary['name']}"))
-        _print_task_line(summary)
+    _train_or_distill(False, config, set_, resume, overwrite, extend, trust_remote_code)
 
 
 @app.command("distill")
@@ -169,14 +161,20 @@ def distill_command(
     trust_remote_code: bool = TRUST,
 ):
     """Distil a student from a teacher with the config's method."""
-    from kdlab.api import distill
+    _train_or_distill(True, config, set_, resume, overwrite, extend, trust_remote_code)
 
-    summary = distill(
-        config, set_, resume=resume, overwrite=overwrite, extend=extend, trust_remote_code=trust_remote_code
-    )
+
+def _train_or_distill(
+    distilling: bool, config: Path, set_: list[str], resume: bool, overwrite: bool, extend: bool, trust: bool
+) -> None:
+    from kdlab import api
+
+    command = api.distill if distilling else api.train
+    summary = command(config, set_, resume=resume, overwrite=overwrite, extend=extend, trust_remote_code=trust)
     if _main_process():
         _finished_line(summary)
-        console.print(_tables().summary_table([summary], f"distilled: {summary['name']}"))
+        title = f"{'distilled' if distilling else 'trained'}: {summary['name']}"
+        console.print(_tables().summary_table([summary], title))
         _print_task_line(summary)
 
 

@@ -316,6 +316,27 @@ def train_splits(
     )
 
 
+def fit_summary(result: FitResult, method: Method, acc: Accelerator, seed: int, data: Splits) -> dict[str, Any]:
+    """What every classification run's summary.json holds (the task adds its config's names and checks)."""
+    return {
+        "complete": True,
+        "method": method.describe(),
+        "test_accuracy": result.test.get("accuracy"),
+        "test": result.test,
+        "val": result.val,
+        "train_eval": result.train,
+        "epochs": result.epochs,
+        "optimizer_steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "samples_per_second": result.samples_per_second,
+        "world_size": acc.num_processes,
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "data": {"train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
+        "versions": versions(),
+    }
+
+
 def fit(
     student: nn.Module,
     data: Splits,
@@ -366,22 +387,6 @@ def fit(
         accelerator=acc,
         callbacks=callbacks,
     )
-    summary = {
-        "complete": True,
-        "method": method.describe(),
-        "test_accuracy": result.test.get("accuracy"),
-        "test": result.test,
-        "val": result.val,
-        "train_eval": result.train,
-        "epochs": result.epochs,
-        "optimizer_steps": result.steps,
-        "train_seconds": result.train_seconds,
-        "samples_per_second": result.samples_per_second,
-        "world_size": acc.num_processes,
-        "threads": torch.get_num_threads(),
-        "seed": seed,
-        "data": {"train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
-        "versions": versions(),
-    }
+    summary = fit_summary(result, method, acc, seed, data)
     write_summary(out, summary, acc)
     return result

@@ -24,13 +24,12 @@ from kdlab.engine.rundir import (
     run_accelerator,
     start_trackers,
     use_cpu,
-    versions,
     write_config,
     write_report,
     write_summary,
 )
 from kdlab.engine.speed import fast_teacher
-from kdlab.engine.supervised import tap, train_splits
+from kdlab.engine.supervised import fit_summary, tap, train_splits
 from kdlab.errors import CacheError, ConfigError
 from kdlab.methods import SetupContext
 from kdlab.methods import build as build_method
@@ -196,27 +195,16 @@ def run_classify(
     health = run_health(result.history, chance_level(data.y_val, data.num_classes))
     for note in health:
         warnings.warn(note, stacklevel=2)
+    warned = [teacher_check["message"]] if teacher_check and "message" in teacher_check else []
     summary = {
         "name": cfg.name,
-        "complete": True,
-        "method": method.describe(),
+        **fit_summary(result, method, acc, cfg.seed, data),
         "model": cfg.model.name,
         "teacher": teacher_desc,
         "teacher_check": teacher_check,
-        "warnings": [*([teacher_check["message"]] if teacher_check and "message" in teacher_check else []), *health],
-        "test_accuracy": result.test["accuracy"],
-        "test": result.test,
-        "val": result.val,
-        "train_eval": result.train,
-        "epochs": result.epochs,
-        "optimizer_steps": result.steps,
-        "train_seconds": result.train_seconds,
+        "warnings": [*warned, *health],
         "wall_seconds": time.perf_counter() - wall_start,
-        "samples_per_second": result.samples_per_second,
         "parameters": models.count_parameters(student),
-        "world_size": acc.num_processes,
-        "threads": torch.get_num_threads(),
-        "seed": cfg.seed,
         "data": {
             "name": data.name,
             "path": None if cfg.data.path is None else str(Path(cfg.data.path).absolute()),
@@ -228,7 +216,6 @@ def run_classify(
             "val": len(data.y_val),
             "test": len(data.y_test),
         },
-        "versions": versions(),
     }
     write_summary(out, summary, acc)
     return summary
