@@ -281,6 +281,8 @@ def evaluate_command(
     result = evaluate(run_dir, latency=not no_latency, trust_remote_code=trust_remote_code)
     console.print(_tables().evaluation_table(result, f"evaluation of {run_dir}"))
     console.print(_tables().footprint_line(result["footprint"]))
+    for line in _tables().predictor_lines(result):
+        console.print(line)
     written = write_run_plots(run_dir / "plots", load_run(run_dir).records, result)
     console.print(f"plots: {', '.join(str(p) for p in written)}")
 

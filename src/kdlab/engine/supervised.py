@@ -86,6 +86,24 @@ def tap(model: nn.Module, names: tuple[str, ...], detach: bool) -> FeatureTap | 
         raise ConfigError(f"config: method layer names: {err}") from None
 
 
+@torch.inference_mode()
+def teacher_features(
+    teacher: nn.Module, x: Tensor, names: tuple[str, ...], batch: int, dtype: torch.dtype = torch.float16
+) -> dict[str, Tensor]:
+    """The outputs of the teacher's submodules ``names`` over a whole split, on the CPU in ``dtype`` (float16 for a
+    logit cache; float32 for a method's setup)."""
+    device = next(teacher.parameters()).device
+    probe = tap(teacher.eval(), names, detach=True)
+    assert probe is not None
+    pieces: dict[str, list[Tensor]] = {n: [] for n in names}
+    with probe:
+        for start in range(0, len(x), batch):
+            teacher(x[start : start + batch].to(device))
+            for n in names:
+                pieces[n].append(probe.features[n].to(dtype).cpu())
+    return {n: torch.cat(parts) for n, parts in pieces.items()}
+
+
 class ClassifyStep:
     """The classification task's side of the loop (``kdlab.engine.loop.TaskStep``)."""
 
@@ -102,7 +120,9 @@ class ClassifyStep:
         cached_logits: dict[str, Tensor] | None,
         augment_cfg: AugmentConfig,
         out_dir: Path,
+        fingerprints: dict[str, str] | None = None,
     ) -> None:
+        self.fingerprints = dict(fingerprints or {})
         self.label, self.rows, self.method, self.cfg, self.acc = method.name, len(data.y_train), method, cfg, acc
         self.num_classes, self.seed, self.augment_cfg, self.out_dir = data.num_classes, seed, augment_cfg, out_dir
         self.student = fast_student(student, channels_last=cfg.channels_last)
@@ -171,6 +191,24 @@ class ClassifyStep:
         model.train(was_training)
         return {name: tuple(probe.features[name].shape[1:]) for name in names}
 
+    def split_teacher_features(self, split: str, names: tuple[str, ...]) -> dict[str, Tensor]:
+        """The teacher's named features over a whole (un-augmented) split, float32 on the CPU: from the cache when
+        it holds them, else one pass of the live teacher."""
+        cached = self.cached_features.get(split, {})
+        if set(names) <= set(cached):
+            return {n: cached[n].float().cpu() for n in names}
+        if self.teacher is None:
+            raise ConfigError(
+                f"method {self.method.name!r} needs teacher features {list(names)} on {split}: a live teacher, or a "
+                "cache made with them (cache.features)"
+            )
+        return teacher_features(self.teacher, self.data[f"x_{split}"], names, self.cfg.eval_batch_size, torch.float32)
+
+    def write_file(self, relative: str, writer: Callable[[Path], None]) -> None:
+        if self.acc.is_main_process:
+            writer(self.out_dir / relative)
+        self.acc.wait_for_everyone()
+
     def write_report(self, stem: str, payload: dict[str, Any], plot: Callable[[Path], None] | None) -> None:
         if self.acc.is_main_process:
             atomic_write_json(self.out_dir / f"{stem}.json", payload)
@@ -198,6 +236,9 @@ class ClassifyStep:
             labels=lambda split, rows=None: self.data[f"y_{split}"][:rows],
             feature_shapes=self.feature_shapes,
             write_report=self.write_report,
+            teacher_features=self.split_teacher_features,
+            fingerprints=self.fingerprints,
+            write_file=self.write_file,
         )
 
     # ---- one step ----
@@ -277,6 +318,7 @@ def train_splits(
     resume: bool,
     accelerator: Accelerator,
     callbacks: list[Callable[[StepInfo], None]] | None,
+    fingerprints: dict[str, str] | None = None,
 ) -> FitResult:
     """The classification step through the one loop; writes metrics.jsonl, checkpoints/, model.safetensors and
     the method's modules, not summary.json (the caller's, written last)."""
@@ -294,6 +336,7 @@ def train_splits(
         cached_logits=cached_logits,
         augment_cfg=augment_cfg,
         out_dir=out_dir,
+        fingerprints=fingerprints,
     )
     method.setup(step.setup_context())
     result, trainable = run_loop(
