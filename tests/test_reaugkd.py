@@ -175,6 +175,11 @@ def test_a_reaugkd_run_saves_its_kb_evaluates_with_and_without_retrieval_and_pre
         from kdlab.api import load_model
 
         torch.testing.assert_close(alone, torch.softmax(load_model(run)(raw), 1))
+    from kdlab.compress.export import export_run
+
+    report = export_run(run, tmp_path / "student.onnx", latency=False)
+    assert report["contains"].startswith("the student alone") and "knowledge base" in report["contains"]
+    assert Path(report["knowledge_base"]).read_bytes() == (run / KB_DIR / KB_FILE).read_bytes()
     # the KB of a run with another teacher is refused, in one line
     other = tmp_path / "other"
     distill(_student(other, teachers[1], epochs=1))

@@ -373,6 +373,7 @@ def export_command(
         f"{report['rows']} test inputs: argmax agreement {report['agreement']:.4f}, "
         f"max |logit diff| {report['max_abs_diff']:.2e}, test acc {report['onnx_test_accuracy']:.4f}"
     )
+    console.print(f"the ONNX file contains {report['contains']}")
     if "onnx_latency_ms" in report:
         timings = ", ".join(f"batch {k.split('_')[1]} {v:.3f} ms" for k, v in report["onnx_latency_ms"].items())
         console.print(f"onnxruntime CPU latency (median, {report['threads']} threads): {timings}")
