@@ -118,6 +118,7 @@ class Method:
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks whose outputs this method can read
+    fingerprinted: ClassVar[bool] = False  # setup reads ctx.fingerprints (hashing a teacher's weights: only then)
 
     def __init__(self, params: MethodParams, num_classes: int) -> None:
         self.params = params

@@ -90,6 +90,7 @@ def train_projection(
 class ReAugKDMethod(Method):
     Params = ReAugKDParams
     params: ReAugKDParams
+    fingerprinted = True
 
     def __init__(self, params: ReAugKDParams, num_classes: int) -> None:
         super().__init__(params, num_classes)

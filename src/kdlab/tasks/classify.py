@@ -198,7 +198,7 @@ def run_classify(
         resume=resume,
         accelerator=acc,
         callbacks=callbacks,
-        fingerprints=run_fingerprints(cfg, data) if distilling else None,
+        fingerprints=run_fingerprints(cfg, data) if distilling and method.fingerprinted else None,
     )
     health = run_health(result.history, chance_level(data.y_val, data.num_classes))
     for note in health:
