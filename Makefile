@@ -38,6 +38,7 @@ bench-quick: $(STAMP)
 	$(PY) benchmarks/fidelity_fmnist.py --quick
 	$(PY) benchmarks/fidelity_ensemble_fmnist.py --quick
 	$(PY) benchmarks/feature_kd_fmnist.py --quick
+	$(PY) benchmarks/reaugkd_fmnist.py --quick
 	$(PY) benchmarks/compress_fmnist.py --quick
 	$(PY) benchmarks/peers/run.py --quick
 	$(PY) benchmarks/lm_stdlib.py --study strong --quick
@@ -52,6 +53,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/fidelity_fmnist.py
 	$(PY) benchmarks/fidelity_ensemble_fmnist.py
 	$(PY) benchmarks/feature_kd_fmnist.py
+	$(PY) benchmarks/reaugkd_fmnist.py
 	$(PY) benchmarks/lm_loss.py
 	$(PY) benchmarks/lm_stdlib.py
 	$(PY) benchmarks/lm_stdlib.py --study sparse

@@ -192,6 +192,18 @@ def load_model(run_dir: str | Path) -> nn.Module:
     return tasks.get(cfg.task).load_model(run, cfg)
 
 
+def predict_proba(run_dir: str | Path, raw: Any, *, retrieval: bool = True) -> Any:
+    """A finished run's (N, C) probabilities on raw values (as ``load_model`` takes them). A ReAugKD run blends its
+    knowledge base's retrieved soft labels with the student's (k and β chosen on the run's validation split);
+    ``retrieval=False``: the student alone. Other methods: the student's softmax."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file() or not (run / "model.safetensors").is_file():
+        raise ConfigError(f"{run} is not a finished kdlab run directory (config.yaml and model.safetensors needed)")
+    with model_imports(run / "config.yaml"):
+        cfg = load_config(run / "config.yaml")
+        return tasks.get(cfg.task).predict_proba(run, cfg, raw, retrieval)
+
+
 def summary_line(summary: dict[str, Any]) -> str | None:
     """The task's extra line for the CLI's summary table (e.g. a language model's perplexity)."""
     return tasks.get(summary.get("task", "classify")).summary_line(summary)

@@ -279,6 +279,8 @@ def evaluate_command(
     result = evaluate(run_dir, latency=not no_latency, trust_remote_code=trust_remote_code)
     console.print(_tables().evaluation_table(result, f"evaluation of {run_dir}"))
     console.print(_tables().footprint_line(result["footprint"]))
+    for line in _tables().predictor_lines(result):
+        console.print(line)
     written = write_run_plots(run_dir / "plots", load_run(run_dir).records, result)
     console.print(f"plots: {', '.join(str(p) for p in written)}")
 
@@ -369,6 +371,7 @@ def export_command(
         f"{report['rows']} test inputs: argmax agreement {report['agreement']:.4f}, "
         f"max |logit diff| {report['max_abs_diff']:.2e}, test acc {report['onnx_test_accuracy']:.4f}"
     )
+    console.print(f"the ONNX file contains {report['contains']}")
     if "onnx_latency_ms" in report:
         timings = ", ".join(f"batch {k.split('_')[1]} {v:.3f} ms" for k, v in report["onnx_latency_ms"].items())
         console.print(f"onnxruntime CPU latency (median, {report['threads']} threads): {timings}")

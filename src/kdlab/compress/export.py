@@ -14,6 +14,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import warnings
 from functools import partial
 from pathlib import Path
@@ -125,7 +126,8 @@ def export_run(
     instead of the int8 model. Writes ``output`` (default ``RUN_DIR/model.onnx``, ``model-float.onnx``) and
     compares onnxruntime's logits with torch's on every test input; below ``MIN_AGREEMENT`` argmax agreement the
     file is removed and a ``ValueError`` says so. ``latency``: also onnxruntime's median CPU latency at batch 1
-    and 256 (``onnx_latency_ms``).
+    and 256 (``onnx_latency_ms``). ``contains`` says what the file holds (the student alone); a ReAugKD run's
+    knowledge base is copied beside it (``<stem>-kb.safetensors``).
     """
     from kdlab.config import load_config
     from kdlab.data.preprocess import RawInputModel
@@ -158,6 +160,17 @@ def export_run(
         "max_abs_diff": float(np.abs(got - expected).max()),
         "onnx_test_accuracy": float((got.argmax(1) == data.y_test.numpy()).mean()),
     }
+    report["contains"] = "the student alone (raw values in, logits out)"
+    kb = run / "kb" / "knowledge_base.safetensors"  # ReAugKD's knowledge base: retrieval is not in the graph
+    if kb.is_file():
+        beside = path.with_name(f"{path.stem}-kb.safetensors")
+        shutil.copyfile(kb, beside)
+        report["knowledge_base"] = str(beside)
+        report["contains"] += (
+            f"; the run's retrieval knowledge base is beside it ({beside.name}: teacher embeddings, soft labels and "
+            "the teacher projection, safetensors) — retrieval-augmented predictions need the student's embedding "
+            "(not an ONNX output) and kdlab.api.predict_proba"
+        )
     if latency:  # the same protocol as kdlab evaluate's footprint, with as many threads as torch uses
         session = onnx_session(path, threads=torch.get_num_threads())
         run_onnx = partial(session.run, None)

@@ -6,10 +6,11 @@ The commands (``train``, ``distill``, ``evaluate``, ...) live in ``kdlab.api`` (
 
 from kdlab.errors import CacheError, TrainingError
 
+from .fit import fit
 from .loop import StepInfo
 from .processes import end_process_group
 from .speed import fast_student, fast_teacher
-from .supervised import FitResult, Splits, fit
+from .supervised import FitResult, Splits
 
 __all__ = [
     "CacheError",

@@ -1,4 +1,4 @@
-"""Tensors in, classes out: the step of the classification task, and ``fit`` — the loop on a user's own modules.
+"""Tensors in, classes out: the step of the classification task (``ClassifyStep``); ``engine.fit`` runs it.
 
 Whole splits live as tensors on the device (see ``batches``); the teacher is frozen, moved to the device and run
 under ``torch.inference_mode`` (never wrapped, never checkpointed), or replaced by cached logits. Features a
@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 
-from kdlab.config import AugmentConfig, OptimizerConfig, SchedulerConfig, TrainConfig
+from kdlab.config import AugmentConfig, TrainConfig
 from kdlab.errors import ConfigError
 from kdlab.eval import classification_metrics
 from kdlab.io import atomic_write_json
@@ -25,10 +25,7 @@ from kdlab.methods import Method, Outputs, SetupContext
 from kdlab.models.tap import FeatureTap
 
 from . import batches
-from .checkpoint import save_weights
-from .loop import StepInfo, run_loop
 from .predict import predict
-from .rundir import SUMMARY, new_accelerator, versions, write_summary
 from .speed import FastTeacher, fast_student
 
 
@@ -86,6 +83,24 @@ def tap(model: nn.Module, names: tuple[str, ...], detach: bool) -> FeatureTap | 
         raise ConfigError(f"config: method layer names: {err}") from None
 
 
+@torch.inference_mode()
+def teacher_features(
+    teacher: nn.Module, x: Tensor, names: tuple[str, ...], batch: int, dtype: torch.dtype = torch.float16
+) -> dict[str, Tensor]:
+    """The outputs of the teacher's submodules ``names`` over a whole split, on the CPU in ``dtype`` (float16 for a
+    logit cache; float32 for a method's setup)."""
+    device = next(teacher.parameters()).device
+    probe = tap(teacher.eval(), names, detach=True)
+    assert probe is not None
+    pieces: dict[str, list[Tensor]] = {n: [] for n in names}
+    with probe:
+        for start in range(0, len(x), batch):
+            teacher(x[start : start + batch].to(device))
+            for n in names:
+                pieces[n].append(probe.features[n].to(dtype).cpu())
+    return {n: torch.cat(parts) for n, parts in pieces.items()}
+
+
 class ClassifyStep:
     """The classification task's side of the loop (``kdlab.engine.loop.TaskStep``)."""
 
@@ -102,7 +117,9 @@ class ClassifyStep:
         cached_logits: dict[str, Tensor] | None,
         augment_cfg: AugmentConfig,
         out_dir: Path,
+        fingerprints: dict[str, str] | None = None,
     ) -> None:
+        self.fingerprints = dict(fingerprints or {})
         self.label, self.rows, self.method, self.cfg, self.acc = method.name, len(data.y_train), method, cfg, acc
         self.num_classes, self.seed, self.augment_cfg, self.out_dir = data.num_classes, seed, augment_cfg, out_dir
         self.student = fast_student(student, channels_last=cfg.channels_last)
@@ -171,6 +188,24 @@ class ClassifyStep:
         model.train(was_training)
         return {name: tuple(probe.features[name].shape[1:]) for name in names}
 
+    def split_teacher_features(self, split: str, names: tuple[str, ...]) -> dict[str, Tensor]:
+        """The teacher's named features over a whole (un-augmented) split, float32 on the CPU: from the cache when
+        it holds them, else one pass of the live teacher."""
+        cached = self.cached_features.get(split, {})
+        if set(names) <= set(cached):
+            return {n: cached[n].float().cpu() for n in names}
+        if self.teacher is None:
+            raise ConfigError(
+                f"method {self.method.name!r} needs teacher features {list(names)} on {split}: a live teacher, or a "
+                "cache made with them (cache.features)"
+            )
+        return teacher_features(self.teacher, self.data[f"x_{split}"], names, self.cfg.eval_batch_size, torch.float32)
+
+    def write_file(self, relative: str, writer: Callable[[Path], None]) -> None:
+        if self.acc.is_main_process:
+            writer(self.out_dir / relative)
+        self.acc.wait_for_everyone()
+
     def write_report(self, stem: str, payload: dict[str, Any], plot: Callable[[Path], None] | None) -> None:
         if self.acc.is_main_process:
             atomic_write_json(self.out_dir / f"{stem}.json", payload)
@@ -198,6 +233,9 @@ class ClassifyStep:
             labels=lambda split, rows=None: self.data[f"y_{split}"][:rows],
             feature_shapes=self.feature_shapes,
             write_report=self.write_report,
+            teacher_features=self.split_teacher_features,
+            fingerprints=self.fingerprints,
+            write_file=self.write_file,
         )
 
     # ---- one step ----
@@ -255,138 +293,3 @@ class ClassifyStep:
     def describe_epoch(self, evaluations: dict[str, dict[str, float]]) -> str:
         val = evaluations.get("val", {})
         return f"val acc {val['accuracy']:.4f}" if "accuracy" in val else "no validation split"
-
-
-def save_method_modules(modules: dict[str, nn.Module], out_dir: Path) -> None:
-    """``<out>/method/<name>.safetensors`` per module a method owns: beside the student, never inside it."""
-    for name, module in modules.items():
-        save_weights(module, out_dir / "method" / f"{name}.safetensors")
-
-
-def train_splits(
-    student: nn.Module,
-    data: Splits,
-    method: Method,
-    cfg: TrainConfig,
-    *,
-    out_dir: Path,
-    seed: int,
-    teacher: nn.Module | None,
-    cached_logits: dict[str, Tensor] | None,
-    augment_cfg: AugmentConfig,
-    resume: bool,
-    accelerator: Accelerator,
-    callbacks: list[Callable[[StepInfo], None]] | None,
-) -> FitResult:
-    """The classification step through the one loop; writes metrics.jsonl, checkpoints/, model.safetensors and
-    the method's modules, not summary.json (the caller's, written last)."""
-    acc = accelerator
-    if method.needs_teacher and teacher is None and cached_logits is None:
-        raise ConfigError(f"method {method.name!r} needs a teacher: add a 'teacher' section")
-    step = ClassifyStep(
-        student,
-        data,
-        method,
-        cfg,
-        acc,
-        seed=seed,
-        teacher=teacher,
-        cached_logits=cached_logits,
-        augment_cfg=augment_cfg,
-        out_dir=out_dir,
-    )
-    method.setup(step.setup_context())
-    result, trainable = run_loop(
-        step, method, cfg, accelerator=acc, out_dir=out_dir, seed=seed, resume=resume, callbacks=callbacks
-    )
-    if acc.is_main_process:
-        save_weights(trainable.student, out_dir / "model.safetensors")
-        save_method_modules(dict(trainable.method.items()), out_dir)
-    acc.wait_for_everyone()
-    evaluations = result.evaluations
-    return FitResult(
-        val=evaluations["val"],
-        test=evaluations["test"],
-        epochs=result.epochs,
-        train_seconds=result.train_seconds,
-        samples_per_second=result.items_per_second,
-        steps=result.steps,
-        history=result.history,
-        train=evaluations.get("train_eval", {}),
-    )
-
-
-def fit_summary(result: FitResult, method: Method, acc: Accelerator, seed: int, data: Splits) -> dict[str, Any]:
-    """What every classification run's summary.json holds (the task adds its config's names and checks)."""
-    return {
-        "complete": True,
-        "method": method.describe(),
-        "test_accuracy": result.test.get("accuracy"),
-        "test": result.test,
-        "val": result.val,
-        "train_eval": result.train,
-        "epochs": result.epochs,
-        "optimizer_steps": result.steps,
-        "train_seconds": result.train_seconds,
-        "samples_per_second": result.samples_per_second,
-        "world_size": acc.num_processes,
-        "threads": torch.get_num_threads(),
-        "seed": seed,
-        "data": {"train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)},
-        "versions": versions(),
-    }
-
-
-def fit(
-    student: nn.Module,
-    data: Splits,
-    method: Method | str,
-    cfg: TrainConfig | None = None,
-    optimizer_cfg: OptimizerConfig | None = None,
-    scheduler_cfg: SchedulerConfig | None = None,
-    *,
-    out_dir: str | Path,
-    seed: int = 0,
-    teacher: nn.Module | None = None,
-    cached_logits: dict[str, Tensor] | None = None,
-    augment_cfg: AugmentConfig | None = None,
-    resume: bool = False,
-    accelerator: Accelerator | None = None,
-    callbacks: list[Callable[[StepInfo], None]] | None = None,
-) -> FitResult:
-    """Train ``student`` on your own tensors with ``method`` (a ``Method`` or a registered name with its
-    defaults); write the run directory ``out_dir``: metrics.jsonl, checkpoints/, model.safetensors (and
-    ``method/<name>.safetensors`` for modules the method owns) and, last, summary.json. ``cfg`` defaults to
-    ``TrainConfig()``; ``optimizer_cfg``/``scheduler_cfg`` to ``cfg.optimizer``/``cfg.scheduler``."""
-    if not isinstance(out_dir, str | Path):
-        raise ConfigError(f"fit: out_dir must be a str or Path, got {type(out_dir).__name__}")
-    out = Path(out_dir)
-    if isinstance(method, str):
-        from kdlab.methods import build
-
-        method = build(method, {}, data.num_classes)
-    cfg = cfg or TrainConfig()
-    cfg = cfg.model_copy(
-        update={"optimizer": optimizer_cfg or cfg.optimizer, "scheduler": scheduler_cfg or cfg.scheduler}
-    )
-    acc = accelerator or new_accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / SUMMARY).unlink(missing_ok=True)
-    result = train_splits(
-        student,
-        data,
-        method,
-        cfg,
-        out_dir=out,
-        seed=seed,
-        teacher=teacher,
-        cached_logits=cached_logits,
-        augment_cfg=augment_cfg or AugmentConfig(),
-        resume=resume,
-        accelerator=acc,
-        callbacks=callbacks,
-    )
-    summary = fit_summary(result, method, acc, seed, data)
-    write_summary(out, summary, acc)
-    return result

@@ -48,7 +48,7 @@ def counts(model: nn.Module) -> dict[str, int]:
     }
 
 
-def _tile(example: Tensor, batch: int) -> Tensor:
+def tile(example: Tensor, batch: int) -> Tensor:
     """``batch`` rows made by repeating the example's rows (latency needs shapes, not distinct data)."""
     rows = example.shape[0]
     reps = -(-batch // rows)
@@ -103,7 +103,7 @@ def footprint(
         timings: dict[str, float] = {}
         runs: dict[str, int] = {}
         for batch in batch_sizes:
-            ms, n = median_latency_ms(model, _tile(example_input.cpu(), batch), repeats=repeats)
+            ms, n = median_latency_ms(model, tile(example_input.cpu(), batch), repeats=repeats)
             timings[f"batch_{batch}"] = ms
             runs[f"batch_{batch}"] = n
         if device.type != "cpu":

@@ -79,6 +79,32 @@ def evaluation_table(result: dict, title: str) -> Table:
     return table
 
 
+def predictor_lines(result: dict) -> list[str]:
+    """ReAugKD's retrieval (a method's predictor): accuracy with and without it per split, the KB's kNN accuracy,
+    the k and β chosen on validation, and the latency it adds."""
+    extra = result.get("predictor")
+    if not extra:
+        return []
+    choice = extra["choice"]
+    lines = [f"retrieval: k {choice['k']}, beta {choice['beta']} (chosen on {choice.get('chosen_on', 'val')})"]
+    for split in ("train", "val", "test"):
+        m = result.get(split, {}).get("predictor")
+        if m:
+            lines.append(
+                f"  {split}: accuracy {m['accuracy_without_retrieval']:.4f} without retrieval, "
+                f"{m['accuracy_with_retrieval']:.4f} with; kNN of the KB alone {m['knn_accuracy']:.4f}"
+            )
+    kb_bytes = sum(extra["files"].values())
+    latency = extra.get("latency_ms")
+    cost = f"knowledge base {kb_bytes:,} bytes on disk"
+    if latency:
+        cost += "; latency " + ", ".join(
+            f"batch {k.split('_')[1]} {v['student']:.3f} -> {v['with_retrieval']:.3f} ms ({v['overhead']:+.0%})"
+            for k, v in latency.items()
+        )
+    return [*lines, "  " + cost]
+
+
 def quantize_line(q: dict) -> str:
     """One line on what int8 quantization kept: accuracy before/after, agreement, bytes on disk."""
     return (

@@ -15,6 +15,7 @@ from .modules import CrossEntropy, DKDLoss, FocalKD, KDLoss, LabelSmoothingKD, P
 from .proxy import proxy_teacher
 from .ptloss import poly1_kd, ptloss
 from .registry import available, get, register
+from .relational import relational_loss, supcon_loss
 from .sparse_teacher import SparseTeacher, sparse_teacher_from_logits
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "proxy_teacher",
     "ptloss",
     "register",
+    "relational_loss",
     "set_backend",
     "sparse_teacher_from_logits",
+    "supcon_loss",
 ]

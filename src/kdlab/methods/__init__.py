@@ -1,10 +1,11 @@
 """Distillation methods, registered by name (``method: {name: kd, ...}`` in a config)."""
 
-from . import ce, dkd, fitnets, focal, jsd, kd, label_smoothing, poly1, ptloss, reverse_kl, vid  # noqa: F401
+from . import ce, dkd, fitnets, focal, jsd, kd, label_smoothing, poly1, ptloss, reaugkd, reverse_kl, vid  # noqa: F401
 from .base import (
     Method,
     MethodParams,
     Outputs,
+    Predictor,
     Requires,
     SetupContext,
     StepState,
@@ -19,6 +20,7 @@ __all__ = [
     "Method",
     "MethodParams",
     "Outputs",
+    "Predictor",
     "Requires",
     "SetupContext",
     "StepState",

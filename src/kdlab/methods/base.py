@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
@@ -71,7 +71,12 @@ class SetupContext:
     row per target token, the first ``rows`` of them); ``labels(split, rows=None)``, aligned with them;
     ``feature_shapes(side, names)``: the shapes (without the batch dimension) of named features of the student or
     the teacher on one training example — what a method needs to size its own modules; ``write_report(stem,
-    payload, plot)``: ``<stem>.json`` (and ``<stem>.png`` through ``plot``) in the run directory, on rank 0."""
+    payload, plot)``: ``<stem>.json`` (and ``<stem>.png`` through ``plot``) in the run directory, on rank 0.
+
+    Where a task has them: ``teacher_features(split, names)``: the teacher's named features over a whole split
+    (float32, on the CPU; ReAugKD's knowledge base); ``fingerprints``: ``{"data": ..., "teacher": ...}`` of what
+    the run reads; ``write_file(relative, writer)``: ``writer(out_dir / relative)`` on rank 0 (a method's own
+    artefact, e.g. a knowledge base). Tasks without them keep the defaults (a one-line error, {}, None)."""
 
     num_classes: int
     device: Any
@@ -80,6 +85,32 @@ class SetupContext:
     labels: Callable[..., Tensor]
     feature_shapes: Callable[[str, tuple[str, ...]], dict[str, tuple[int, ...]]]
     write_report: Callable[[str, dict[str, Any], Callable[[Path], None] | None], None]
+    teacher_features: Callable[[str, tuple[str, ...]], dict[str, Tensor]] = field(
+        default=lambda split, names: _unavailable("the teacher's features over a whole split")
+    )
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    write_file: Callable[[str, Callable[[Path], None]], None] | None = None
+
+
+def _unavailable(what: str) -> Any:
+    raise ConfigError(f"this task does not give a method {what}")
+
+
+class Predictor(Protocol):
+    """What a method may leave in a finished run besides the student: a predictor on the student's outputs (ReAugKD:
+    its knowledge base). ``features``: the student submodules whose outputs it reads. ``choose(logits, features,
+    labels)``: fix its own settings on validation rows (returns what it chose); ``probabilities(logits,
+    features)``: (N, C) probabilities; ``metrics(logits, features, labels)``: its named metrics on a split;
+    ``files``: what it keeps on disk (for the footprint)."""
+
+    features: tuple[str, ...]
+    files: list[Path]
+
+    def choose(self, logits: Tensor, features: dict[str, Tensor], labels: Tensor) -> dict[str, Any]: ...
+
+    def probabilities(self, logits: Tensor, features: dict[str, Tensor]) -> Tensor: ...
+
+    def metrics(self, logits: Tensor, features: dict[str, Tensor], labels: Tensor) -> dict[str, float]: ...
 
 
 class Method:
@@ -87,6 +118,7 @@ class Method:
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks whose outputs this method can read
+    fingerprinted: ClassVar[bool] = False  # setup reads ctx.fingerprints (hashing a teacher's weights: only then)
 
     def __init__(self, params: MethodParams, num_classes: int) -> None:
         self.params = params
@@ -130,6 +162,11 @@ class Method:
         self, batch: dict[str, Tensor], student: Outputs, teacher: Outputs | None, state: StepState
     ) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def predictor(self, run_dir: Path, fingerprints: dict[str, str]) -> Predictor | None:
+        """The inference-time predictor this method left in the finished run ``run_dir`` (checked against the
+        ``fingerprints`` of the data and teacher evaluation sees), or None: the student alone predicts."""
+        return None
 
     def current_values(self, state: StepState) -> dict[str, float]:
         """Hyper-parameters in effect at ``state`` (e.g. scheduled weights); the loop logs them per epoch."""

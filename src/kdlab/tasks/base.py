@@ -40,6 +40,10 @@ class Task:
         """A finished run's model, ready for the inputs a user has (its preprocessing inside), in eval mode."""
         raise ConfigError(f"kdlab.load_model does not support task {self.name!r}")
 
+    def predict_proba(self, run: Path, cfg: RunConfig, raw: Any, retrieval: bool = True) -> Any:
+        """Probabilities of a finished run on raw inputs, through the method's predictor where it left one."""
+        raise ConfigError(f"kdlab.predict_proba does not support task {self.name!r}")
+
     def cache_logits(self, cfg: RunConfig) -> Path:
         raise ConfigError(f"kdlab cache-logits does not support task {self.name!r}")
 

@@ -17,6 +17,7 @@ from torch import nn
 from kdlab import models
 from kdlab.config import RunConfig
 from kdlab.data.preprocess import PREPROCESS_FILE, Preprocess, load_preprocess
+from kdlab.engine.fit import fit_summary, train_splits
 from kdlab.engine.predict import predict
 from kdlab.engine.rundir import (
     new_accelerator,
@@ -29,7 +30,7 @@ from kdlab.engine.rundir import (
     write_summary,
 )
 from kdlab.engine.speed import fast_teacher
-from kdlab.engine.supervised import fit_summary, tap, train_splits
+from kdlab.engine.supervised import teacher_features
 from kdlab.errors import CacheError, ConfigError
 from kdlab.methods import SetupContext
 from kdlab.methods import build as build_method
@@ -136,6 +137,12 @@ def teacher_and_cache(
     return teacher, None, source.describe()
 
 
+def run_fingerprints(cfg: RunConfig, data) -> dict[str, str]:
+    """What a method's artefact (ReAugKD's knowledge base) is tied to: the data's and the teacher's fingerprints."""
+    teacher = resolve_teacher(cfg.teacher).fingerprint() if cfg.teacher is not None else ""
+    return {"data": data.fingerprint, "teacher": teacher}
+
+
 def _cache_file(cfg: RunConfig, source, data) -> Path:
     if cfg.cache.path:
         return Path(cfg.cache.path)
@@ -191,6 +198,7 @@ def run_classify(
         resume=resume,
         accelerator=acc,
         callbacks=callbacks,
+        fingerprints=run_fingerprints(cfg, data) if distilling and method.fingerprinted else None,
     )
     health = run_health(result.history, chance_level(data.y_val, data.num_classes))
     for note in health:
@@ -308,23 +316,6 @@ def cache_logits_classify(cfg: RunConfig) -> Path:
     return path
 
 
-@torch.inference_mode()
-def teacher_features(
-    teacher: nn.Module, x: torch.Tensor, names: tuple[str, ...], batch: int
-) -> dict[str, torch.Tensor]:
-    """The outputs of the teacher's submodules ``names`` over a whole split, in float16 on the CPU."""
-    device = next(teacher.parameters()).device
-    probe = tap(teacher.eval(), names, detach=True)
-    assert probe is not None
-    pieces: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    with probe:
-        for start in range(0, len(x), batch):
-            teacher(x[start : start + batch].to(device))
-            for n in names:
-                pieces[n].append(probe.features[n].half().cpu())
-    return {n: torch.cat(parts) for n, parts in pieces.items()}
-
-
 @register
 class ClassifyTask(Task):
     name = "classify"
@@ -343,6 +334,11 @@ class ClassifyTask(Task):
         from .classify_eval import load_raw_model
 
         return load_raw_model(run, cfg)
+
+    def predict_proba(self, run, cfg, raw, retrieval=True):
+        from .classify_predictor import predict_proba
+
+        return predict_proba(run, cfg, raw, retrieval)
 
     def cache_logits(self, cfg):
         return cache_logits_classify(cfg)

@@ -23,13 +23,16 @@ from kdlab.losses import proxy_teacher
 from kdlab.models.weights import load_weights
 
 from .classify import build_student, load_data, run_preprocess, teacher_and_cache
+from .classify_predictor import evaluate_predictor, run_predictor
 
 
 def evaluate_classify(run: Path, cfg: RunConfig, splits: tuple[str, ...], latency: bool) -> dict[str, Any]:
     """Metrics of a finished run's model on every split: accuracy, NLL, ECE (+ reliability curve), confusion
     matrices, and — with the run's teacher — top-1 agreement and KL(teacher ‖ student); for ptloss runs also
-    the fidelity to the proxy teacher; its ``footprint`` (file size, parameters, non-zeros, CPU latency at batch
-    1 and 256 unless ``latency=False``)."""
+    the fidelity to the proxy teacher; for a method that leaves a predictor (ReAugKD) its metrics per split
+    (``<split>.predictor``: accuracy with and without retrieval, the KB's kNN accuracy), the settings it chose
+    on validation and its latency beside the student's (``predictor``); its ``footprint`` (file size,
+    parameters, non-zeros, CPU latency at batch 1 and 256 unless ``latency=False``)."""
     from kdlab.eval import full_evaluation
     from kdlab.eval.footprint import footprint
 
@@ -66,6 +69,13 @@ def evaluate_classify(run: Path, cfg: RunConfig, splits: tuple[str, ...], latenc
     result["parameters"] = models.count_parameters(student)
     result["teacher"] = cfg.teacher is not None and (teacher is not None or cached is not None)
     result["footprint"] = footprint(student, data.x_test[:1], files=[run / "model.safetensors"], latency=latency)
+    predictor = run_predictor(run, cfg, data)
+    if predictor is not None:  # a method's inference-time predictor (ReAugKD: student + knowledge base)
+        extra = evaluate_predictor(predictor, student, data, splits, latency)
+        for split, metrics in extra.pop("splits").items():
+            result[split]["predictor"] = metrics
+        result["predictor"] = extra
+        result["footprint"]["predictor_file_bytes"] = sum(extra["files"].values())
     return result
 
 
