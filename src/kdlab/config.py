@@ -106,6 +106,10 @@ class TeacherConfig(_Strict):
     channels_last: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
+    quantize: Literal["none", "int8_dynamic"] = "none"  # int8 Linear layers (torchao), convolutions stay float
+    # with any switch above on, the fast teacher's top-1 must agree with the exact fp32 teacher's on this share of
+    # the validation rows (checked before training; agreement and KD loss between them go to summary.json)
+    min_agreement: float = Field(0.99, ge=0, le=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:

@@ -29,7 +29,6 @@ from kdlab.engine.rundir import (
     write_report,
     write_summary,
 )
-from kdlab.engine.speed import fast_teacher
 from kdlab.engine.supervised import tap, train_splits
 from kdlab.errors import CacheError, ConfigError
 from kdlab.methods import SetupContext
@@ -43,6 +42,7 @@ from .classify_checks import (
     chance_level,
     check_outputs,
     check_teacher,
+    guarded_fast_teacher,
     recorded_accuracy,
     run_health,
 )
@@ -165,11 +165,11 @@ def run_classify(
     teacher, cached, teacher_desc = (None, None, None)
     if distilling and method.needs_teacher:  # before touching `out`: a bad teacher leaves nothing behind
         teacher, cached, teacher_desc = teacher_and_cache(cfg, data, method.requires().teacher_features)
-        if teacher is not None:
-            t = cfg.teacher
-            teacher = fast_teacher(teacher, channels_last=t.channels_last, precision=t.precision, compile=t.compile)
+    fast_report = None
     if teacher is not None:
         check_outputs(teacher, data, f"teacher {teacher_desc}")
+        temperature = float(getattr(method.params, "temperature", 1.0))
+        teacher, fast_report = guarded_fast_teacher(cfg.teacher, data, teacher, temperature, acc)
     teacher_check = _check_teacher(cfg, data, teacher, cached, acc) if teacher is not None or cached else None
     torch.manual_seed(cfg.seed)
     student = build_student(cfg, data) if student is None else student
@@ -203,6 +203,7 @@ def run_classify(
         "model": cfg.model.name,
         "teacher": teacher_desc,
         "teacher_check": teacher_check,
+        "fast_teacher": fast_report,
         "warnings": [*([teacher_check["message"]] if teacher_check and "message" in teacher_check else []), *health],
         "test_accuracy": result.test["accuracy"],
         "test": result.test,
