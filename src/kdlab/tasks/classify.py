@@ -305,14 +305,14 @@ def cache_logits_classify(cfg: RunConfig) -> Path:
     teacher = load_teacher(source, data.num_classes, tuple(data.in_shape), data)
     acc = new_accelerator(cpu=use_cpu(cfg.train), mixed_precision=cfg.train.mixed_precision)
     teacher = teacher.to(acc.device)
+    batch = cfg.cache.batch_size or cfg.train.eval_batch_size
     splits = {
-        split: predict(teacher, getattr(data, f"x_{split}"), data.num_classes, cfg.train.eval_batch_size, acc)
+        split: predict(teacher, getattr(data, f"x_{split}"), data.num_classes, batch, acc)
         for split in ("train", "val", "test")
     }
     features = None
     if cfg.cache.features and acc.is_main_process:
         names = tuple(cfg.cache.features)
-        batch = cfg.train.eval_batch_size
         features = {s: teacher_features(teacher, getattr(data, f"x_{s}"), names, batch) for s in splits}
     path = _cache_file(cfg, source, data)
     if acc.is_main_process:
