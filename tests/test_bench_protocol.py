@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import protocol  # noqa: E402
-from protocol import LOADED_MARK, Contender, publish, run_protocol  # noqa: E402
+import protocol
+from protocol import LOADED_MARK, Contender, publish, run_protocol
 
 TRIAL = """
 import json, os, sys, time
