@@ -46,6 +46,7 @@ HARMLESS = (
     "train.progress",
     "train.log_every_steps",
     "train.eval_batch_size",
+    "train.eval_every",
     "train.checkpoint_every_steps",
     "train.keep_epoch_checkpoints",
     "train.keep_checkpoints_every",
