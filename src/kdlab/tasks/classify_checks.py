@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdlab.engine.predict import predict
 from kdlab.engine.speed import check_faithful, faithfulness, fast_teacher, switches_on
 from kdlab.errors import ConfigError
 
@@ -112,11 +111,18 @@ def guarded_fast_teacher(
         return fast_teacher(teacher), None
     split = "val" if len(data.y_val) else "train"
     x = getattr(data, f"x_{split}")[:TEACHER_CHECK_ROWS]
-    batch = 1024
-    exact = predict(teacher.to(acc.device), x, data.num_classes, batch, acc)  # before channels_last moves it
+    exact = _plain_logits(teacher.to(acc.device), x, acc.device)  # before channels_last changes it in place
     fast = fast_teacher(teacher, **switches).to(acc.device)
-    report = faithfulness(exact, predict(fast, x, data.num_classes, batch, acc), temperature)
+    report = faithfulness(exact, _plain_logits(fast, x, acc.device), temperature)
     return fast, check_faithful({**report, "split": split, "switches": on}, t.min_agreement)
+
+
+@torch.inference_mode()
+def _plain_logits(model: nn.Module, x: Tensor, device: torch.device, batch: int = 1024) -> Tensor:
+    """Logits outside any autocast (``train.mixed_precision`` must not make the exact teacher inexact); every
+    process computes the same few thousand rows, no gather needed."""
+    with torch.autocast(device.type, enabled=False):
+        return torch.cat([model(x[i : i + batch].to(device)).float() for i in range(0, len(x), batch)])
 
 
 def run_health(history: list[dict[str, Any]], chance: float) -> list[str]:
