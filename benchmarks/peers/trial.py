@@ -10,6 +10,7 @@ switches) or ``kdlab-cache`` (``fit`` with cached teacher logits).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -18,7 +19,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parents[1] / "src")]
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parents[1] / "src")]
+
+from protocol import pin_threads, trial_result  # noqa: E402  (standard library only: works in the peer's venv)
+
+THREADS = pin_threads()  # before torch makes its pools: the protocol's thread count, in every contender
 
 import torch  # noqa: E402
 from common import ALPHA, BATCH, BETA, LR, MOMENTUM, WEIGHT_DECAY, Clock, T, epoch_generator, sgd  # noqa: E402
@@ -122,12 +127,20 @@ def kdlab(data, teacher, student, seed: int, clock: Clock, flags: dict, cached: 
     clock.start()  # after the imports, as for torchdistill: the training call's own set-up is timed
     train_flags = {k: flags[k] for k in ("channels_last", "compile") if k in flags}
     teacher_flags = {k[len("teacher_") :]: v for k, v in flags.items() if k.startswith("teacher_")}
-    cfg = TrainConfig(
-        epochs=1, batch_size=BATCH, progress=False, log_every_steps=10**9, train_eval_size=0, cpu=True, **train_flags
+    cfg = TrainConfig(  # drop_last: the same batches as the plain loop and torchdistill (both drop the rest)
+        epochs=1,
+        batch_size=BATCH,
+        drop_last=True,
+        progress=False,
+        log_every_steps=10**9,
+        train_eval_size=0,
+        cpu=True,
+        **train_flags,
     )
     method = build("kd", {"alpha": ALPHA, "beta": BETA, "temperature": T}, 10)
     x, y = data["x_train"], data["y_train"]
     splits = Splits(x, y, data["x_test"][:1000], data["y_test"][:1000], data["x_test"], data["y_test"], 10)
+    fast = None if cached else fast_teacher(teacher, **teacher_flags)
     with tempfile.TemporaryDirectory() as out:
         fit(
             student,
@@ -138,10 +151,56 @@ def kdlab(data, teacher, student, seed: int, clock: Clock, flags: dict, cached: 
             SchedulerConfig(name="constant"),
             out_dir=Path(out),
             seed=seed,
-            teacher=None if cached else fast_teacher(teacher, **teacher_flags),
+            teacher=fast,
             cached_logits=cached,
             callbacks=[lambda info: clock.step(sum(info.terms.values()))],
         )
+
+
+def build_cache(data, teacher, work: Path) -> tuple[dict, dict[str, float]]:
+    """The logit cache as ``kdlab cache-logits`` makes it (every split, float16 safetensors, read back), timed —
+    and the bare teacher forward pass over the same rows at the training batch, timed before and after it."""
+    from accelerate import Accelerator
+
+    from kdlab.engine.predict import predict
+    from kdlab.teacher.logit_cache import read_cache, write_cache
+
+    xs = {"train": data["x_train"], "val": data["x_test"][:1000], "test": data["x_test"]}
+
+    def bare_pass() -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for x in xs.values():
+                for i in range(0, len(x), BATCH):
+                    teacher(x[i : i + BATCH])
+        return time.perf_counter() - start
+
+    first = bare_pass()
+    start = time.perf_counter()
+    acc = Accelerator(cpu=True)
+    logits = {split: predict(teacher, x, 10, 1024, acc) for split, x in xs.items()}
+    path = work / f"cache-{os.getpid()}.safetensors"
+    write_cache(path, logits, "data", "teacher", None)
+    cached = read_cache(path, "data", "teacher")
+    build = time.perf_counter() - start
+    path.unlink()
+    passes = (first + bare_pass()) / 2
+    return cached, {"cache_build_seconds": build, "teacher_pass_seconds": passes, "build_over_pass": build / passes}
+
+
+def faithful(teacher, flags: dict, x) -> dict[str, float]:
+    """The fast teacher's agreement with the exact one on the test rows (as distill's guard measures it)."""
+    teacher_flags = {k[len("teacher_") :]: v for k, v in flags.items() if k.startswith("teacher_")}
+    if not teacher_flags:
+        return {}
+    from kdlab.engine import fast_teacher
+    from kdlab.engine.speed import faithfulness
+
+    with torch.inference_mode():
+        exact = teacher(x)
+        fast = fast_teacher(copy.deepcopy(teacher), **teacher_flags)(x)
+    report = faithfulness(exact, fast, T)
+    return {"teacher_agreement": report["agreement"], "teacher_kd_loss_gap": report["kd_loss_gap"]}
 
 
 def main() -> None:
@@ -156,6 +215,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     data = load_work(args.work)
     teacher, student = load_models(args.work, args.seed)
+    # before the run (whose switches may change the teacher in place), outside every timing
+    extra: dict[str, float] = faithful(teacher, json.loads(args.flags), data["x_test"][:2000])
     clock = Clock(BATCH)
     wall = time.perf_counter()
     if args.variant == "floor":
@@ -163,15 +224,16 @@ def main() -> None:
     elif args.variant == "torchdistill":
         torchdistill(data, teacher, student, args.seed, clock)
     else:
-        cached = torch.load(args.work / "logits.pt") if args.variant == "kdlab-cache" else None
+        cached = None
+        if args.variant == "kdlab-cache":  # the build is part of the cached variant's cost: timed, reported
+            cached, build = build_cache(data, teacher, args.work)
+            extra.update(build)
         kdlab(data, teacher, student, args.seed, clock, json.loads(args.flags), cached)
-    result = {"variant": args.variant, "seed": args.seed, "flags": json.loads(args.flags), **clock.result()}
+    result = {"variant": args.variant, "seed": args.seed, "flags": json.loads(args.flags), **clock.result(), **extra}
     result["call_seconds"] = time.perf_counter() - wall  # + the library's own evaluation (kdlab: val and test)
     result.update(test_metrics(student, teacher, data["x_test"], data["y_test"]))
     result["peak_rss_mib"] = peak_rss_mib()  # after the test evaluation (batches of 1000), in every variant
-    result["torch_threads"] = torch.get_num_threads()
-    result["pid"] = os.getpid()
-    print(json.dumps(result), flush=True)
+    print(trial_result(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,10 @@ class TeacherConfig(_Strict):
     channels_last: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
+    quantize: Literal["none", "int8_dynamic"] = "none"  # int8 Linear layers (torchao), convolutions stay float
+    # with any switch above on, the fast teacher's top-1 must agree with the exact fp32 teacher's on this share of
+    # the validation rows (checked before training; agreement and KD loss between them go to summary.json)
+    min_agreement: float = Field(0.99, ge=0, le=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:
@@ -148,6 +152,9 @@ class TrainConfig(_Strict):
     # False: an epoch's last, partial batch trains too (weighted per row); True: it is skipped
     drop_last: bool = False
     eval_batch_size: int = Field(1024, ge=1)
+    # evaluate validation and train_eval (metrics.jsonl val/*, train_eval/*) after every N-th epoch; the last epoch
+    # always. Evaluation is a fixed cost per epoch: on a tiny data set it can take longer than the training pass
+    eval_every: int = Field(1, ge=1)
     grad_accum: int = Field(1, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     max_grad_norm: float | None = Field(None, gt=0)
@@ -190,6 +197,9 @@ class CacheConfig(_Strict):
     # classify: teacher submodules whose outputs kdlab cache-logits also stores (float16, every split), so that
     # feature methods (fitnets, vid) can read the cache instead of running the teacher
     features: list[str] = Field(default_factory=list)
+    # classify: the teacher's batch while kdlab cache-logits builds the cache (default: train.eval_batch_size); no
+    # student shares memory with it, and the cache holds the same logits at any batch (benchmarks/cache_build.py)
+    batch_size: int | None = Field(None, ge=1)
     # causal_lm caches: classes drawn per token from the teacher's tail (outside the top k); they make the KD/PTLoss
     # loss an unbiased estimate of the dense one (kdlab.losses.sparse_teacher). Default: as many as keep a token
     # under 300 bytes (54 at k = 64 and 2,048 classes, 22 at 32,000). 0 = none drawn by cache-logits, none used by

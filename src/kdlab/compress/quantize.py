@@ -20,9 +20,8 @@ asymmetric activations), so the converted int8 model computes what the student w
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -30,50 +29,23 @@ from torch import Tensor, nn
 
 from kdlab.eval.footprint import is_tensor_subclass as is_quantized
 from kdlab.io import atomic_write_bytes
+from kdlab.models.int8 import SCHEMES, Scheme, base_config, check_scheme, ptq_int8, quantize_linears
 from kdlab.models.weights import register_format
 from kdlab.quiet import quiet_torchao
 
-Scheme = Literal["int8_dynamic", "int8_weight_only"]
-SCHEMES: tuple[str, ...] = ("int8_dynamic", "int8_weight_only")
 METADATA_KEY = "kdlab_quantization"  # safetensors metadata: the scheme a flattened int8 state was made with
 _SEP = ":"  # "<parameter name>:<inner tensor name>", e.g. "fc.weight:qdata"
-
-
-def _check_scheme(scheme: str) -> None:
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown quantization scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-
-
-def _base_config(scheme: str):
-    """torchao's post-training config for ``scheme`` (also what ``convert_qat`` applies)."""
-    _check_scheme(scheme)
-    with quiet_torchao():
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, MappingType
-    if scheme == "int8_weight_only":
-        return Int8WeightOnlyConfig()
-    return Int8DynamicActivationInt8WeightConfig(act_mapping_type=MappingType.ASYMMETRIC, set_inductor_config=False)
-
-
-def _quantize_(model: nn.Module, config) -> None:
-    with quiet_torchao():
-        from torchao.quantization import quantize_
-
-        quantize_(model, config, filter_fn=lambda module, _fqn: isinstance(module, nn.Linear))
-
-
-def ptq_int8(
-    model: nn.Module, calibration: Iterable[Tensor] | None = None, scheme: Scheme = "int8_dynamic"
-) -> nn.Module:
-    """Post-training int8 quantization of every ``nn.Linear``: a new module in eval mode; ``model`` is untouched.
-
-    ``calibration`` is accepted for schemes that need activation statistics; both offered schemes need none
-    (dynamic activation scales are computed per input at run time), so it is not consumed.
-    """
-    _check_scheme(scheme)
-    del calibration
-    quantized = copy.deepcopy(model).cpu().eval()
-    _quantize_(quantized, _base_config(scheme))
-    return quantized
+# the post-training path (ptq_int8, the schemes) is shared with the engine's fast teacher: kdlab.models.int8
+__all__ = [
+    "SCHEMES",
+    "Scheme",
+    "convert_qat",
+    "describe",
+    "load_quantized",
+    "prepare_qat",
+    "ptq_int8",
+    "save_quantized",
+]
 
 
 def prepare_qat(model: nn.Module, scheme: Scheme = "int8_dynamic") -> nn.Module:
@@ -81,7 +53,7 @@ def prepare_qat(model: nn.Module, scheme: Scheme = "int8_dynamic") -> nn.Module:
 
     Same parameter names as ``model``, so optimizers, checkpoints and ``ReapplyMasks`` work unchanged.
     """
-    _check_scheme(scheme)
+    check_scheme(scheme)
     with quiet_torchao():
         from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
     weight = IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=True)
@@ -89,7 +61,7 @@ def prepare_qat(model: nn.Module, scheme: Scheme = "int8_dynamic") -> nn.Module:
     if scheme == "int8_weight_only":
         activation = None
     prepared = copy.deepcopy(model)
-    _quantize_(prepared, QATConfig(activation_config=activation, weight_config=weight, step="prepare"))
+    quantize_linears(prepared, QATConfig(activation_config=activation, weight_config=weight, step="prepare"))
     prepared.kdlab_qat_scheme = scheme  # read back by convert_qat
     return prepared
 
@@ -99,11 +71,11 @@ def convert_qat(model: nn.Module, scheme: Scheme | None = None) -> nn.Module:
     scheme = scheme or getattr(model, "kdlab_qat_scheme", None)
     if scheme is None:
         raise ValueError("convert_qat needs a model from prepare_qat (or an explicit scheme)")
-    _check_scheme(scheme)
+    check_scheme(scheme)
     with quiet_torchao():
         from torchao.quantization.qat import QATConfig
     converted = copy.deepcopy(model).cpu().eval()
-    _quantize_(converted, QATConfig(_base_config(scheme), step="convert"))
+    quantize_linears(converted, QATConfig(base_config(scheme), step="convert"))
     if hasattr(converted, "kdlab_qat_scheme"):
         del converted.kdlab_qat_scheme
     return converted
@@ -132,7 +104,7 @@ def flat_state(model: nn.Module) -> dict[str, Tensor]:
 
 def save_quantized(model: nn.Module, path: str | Path, scheme: str) -> Path:
     """Write the int8 model's plain tensors as safetensors (atomic); the file is the real int8 size on disk."""
-    _check_scheme(scheme)
+    check_scheme(scheme)
     from safetensors.torch import save
 
     return atomic_write_bytes(path, save(flat_state(model), metadata={METADATA_KEY: scheme}))

@@ -236,7 +236,9 @@ def run_loop(
                         callback(StepInfo(epoch, step + 1, global_step, logged))
                 shown = sum(float(v.detach()) for v in terms.values()) * log_scale
                 progress.update(bar, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {shown:.4f}")
-            evaluations = task.evaluate(("val", "train_eval"))
+            last_epoch = epoch + 1 == cfg.epochs
+            evaluating = last_epoch or (epoch + 1) % cfg.eval_every == 0  # the final weights are always measured
+            evaluations = task.evaluate(("val", "train_eval")) if evaluating else {}
             method_values = method.current_values(StepState(epoch, global_step, cfg.epochs, epoch))
             record = {
                 "epoch": epoch + 1,
@@ -250,7 +252,8 @@ def run_loop(
             }
             log.log(record, global_step)
             history.append(record)
-            progress.update(bar, info=f"epoch {epoch + 1}/{cfg.epochs} {task.describe_epoch(evaluations)}")
+            if evaluating:
+                progress.update(bar, info=f"epoch {epoch + 1}/{cfg.epochs} {task.describe_epoch(evaluations)}")
             if cfg.keeps_epoch(epoch + 1) and acc.is_main_process:
                 save_weights(trainable.student, checkpoints / f"epoch-{epoch + 1}.safetensors")
             checkpoint(epoch + 1, 0)

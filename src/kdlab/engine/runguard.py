@@ -47,6 +47,7 @@ HARMLESS = (
     "train.log_every_steps",
     "train.threads",
     "train.eval_batch_size",
+    "train.eval_every",
     "train.checkpoint_every_steps",
     "train.keep_epoch_checkpoints",
     "train.keep_checkpoints_every",

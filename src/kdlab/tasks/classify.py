@@ -29,7 +29,6 @@ from kdlab.engine.rundir import (
     write_report,
     write_summary,
 )
-from kdlab.engine.speed import fast_teacher
 from kdlab.engine.supervised import teacher_features
 from kdlab.errors import CacheError, ConfigError
 from kdlab.methods import SetupContext
@@ -43,6 +42,7 @@ from .classify_checks import (
     chance_level,
     check_outputs,
     check_teacher,
+    guarded_fast_teacher,
     recorded_accuracy,
     run_health,
 )
@@ -171,11 +171,11 @@ def run_classify(
     teacher, cached, teacher_desc = (None, None, None)
     if distilling and method.needs_teacher:  # before touching `out`: a bad teacher leaves nothing behind
         teacher, cached, teacher_desc = teacher_and_cache(cfg, data, method.requires().teacher_features)
-        if teacher is not None:
-            t = cfg.teacher
-            teacher = fast_teacher(teacher, channels_last=t.channels_last, precision=t.precision, compile=t.compile)
+    fast_report = None
     if teacher is not None:
         check_outputs(teacher, data, f"teacher {teacher_desc}")
+        temperature = float(getattr(method.params, "temperature", 1.0))
+        teacher, fast_report = guarded_fast_teacher(cfg.teacher, data, teacher, temperature, acc)
     teacher_check = _check_teacher(cfg, data, teacher, cached, acc) if teacher is not None or cached else None
     torch.manual_seed(cfg.seed)
     student = build_student(cfg, data) if student is None else student
@@ -210,6 +210,7 @@ def run_classify(
         "model": cfg.model.name,
         "teacher": teacher_desc,
         "teacher_check": teacher_check,
+        "fast_teacher": fast_report,
         "warnings": [*warned, *health],
         "wall_seconds": time.perf_counter() - wall_start,
         "parameters": models.count_parameters(student),
@@ -300,14 +301,14 @@ def cache_logits_classify(cfg: RunConfig) -> Path:
     teacher = load_teacher(source, data.num_classes, tuple(data.in_shape), data)
     acc = new_accelerator(cpu=use_cpu(cfg.train), mixed_precision=cfg.train.mixed_precision)
     teacher = teacher.to(acc.device)
+    batch = cfg.cache.batch_size or cfg.train.eval_batch_size
     splits = {
-        split: predict(teacher, getattr(data, f"x_{split}"), data.num_classes, cfg.train.eval_batch_size, acc)
+        split: predict(teacher, getattr(data, f"x_{split}"), data.num_classes, batch, acc)
         for split in ("train", "val", "test")
     }
     features = None
     if cfg.cache.features and acc.is_main_process:
         names = tuple(cfg.cache.features)
-        batch = cfg.train.eval_batch_size
         features = {s: teacher_features(teacher, getattr(data, f"x_{s}"), names, batch) for s in splits}
     path = _cache_file(cfg, source, data)
     if acc.is_main_process:

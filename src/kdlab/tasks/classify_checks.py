@@ -2,8 +2,9 @@
 
 A teacher fed inputs it was not trained on (raw features standardised, pixels on another scale) still produces
 logits, and a distillation from it runs to the end with exit 0; a method whose defaults do not suit the task can
-collapse a student to chance. Both are cheap to see: the teacher's accuracy on the validation split before
-training, the student's validation curve after it.
+collapse a student to chance; a teacher made fast (bf16, int8, compiled) can give other targets than the teacher
+it stands for. All are cheap to see: the teacher's accuracy on the validation split before training, the fast
+teacher's agreement with the exact one on the same rows, the student's validation curve after it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from kdlab.engine.speed import check_faithful, faithfulness, fast_teacher, switches_on
 from kdlab.errors import ConfigError
 
 TEACHER_NEAR_CHANCE = 0.25  # of the way from the majority-class rate to 1: a teacher below it is suspect
@@ -94,6 +96,33 @@ def check_teacher(
             raise ConfigError(message)
         warnings.warn(message, stacklevel=2)
     return result
+
+
+def guarded_fast_teacher(
+    teacher_cfg, data, teacher: nn.Module, temperature: float, acc
+) -> tuple[nn.Module, dict | None]:
+    """The teacher behind its speed switches and, when any is on, the faithfulness report: top-1 agreement and KD
+    loss against the exact (fp32, unswitched) teacher on up to ``TEACHER_CHECK_ROWS`` validation rows (training
+    rows without a validation split); ``ConfigError`` below ``teacher.min_agreement``."""
+    t = teacher_cfg
+    switches = dict(channels_last=t.channels_last, precision=t.precision, compile=t.compile, quantize=t.quantize)
+    on = switches_on(**switches)
+    if not on:
+        return fast_teacher(teacher), None
+    split = "val" if len(data.y_val) else "train"
+    x = getattr(data, f"x_{split}")[:TEACHER_CHECK_ROWS]
+    exact = _plain_logits(teacher.to(acc.device), x, acc.device)  # before channels_last changes it in place
+    fast = fast_teacher(teacher, **switches).to(acc.device)
+    report = faithfulness(exact, _plain_logits(fast, x, acc.device), temperature)
+    return fast, check_faithful({**report, "split": split, "switches": on}, t.min_agreement)
+
+
+@torch.inference_mode()
+def _plain_logits(model: nn.Module, x: Tensor, device: torch.device, batch: int = 1024) -> Tensor:
+    """Logits outside any autocast (``train.mixed_precision`` must not make the exact teacher inexact); every
+    process computes the same few thousand rows, no gather needed."""
+    with torch.autocast(device.type, enabled=False):
+        return torch.cat([model(x[i : i + batch].to(device)).float() for i in range(0, len(x), batch)])
 
 
 def run_health(history: list[dict[str, Any]], chance: float) -> list[str]:
