@@ -152,7 +152,10 @@ def run_loop(
     sizes = batches.batch_sizes(task.rows, cfg.batch_size, world, drop_last=cfg.drop_last)
     micro_steps = len(sizes)
     if micro_steps == 0:
-        raise ConfigError(f"train.batch_size={cfg.batch_size} exceeds the {task.rows} training rows (drop_last)")
+        raise ConfigError(
+            f"train.batch_size={cfg.batch_size} exceeds the {task.rows} training rows and train.drop_last is set "
+            f"(or fewer than 2 rows per process are left for a partial batch)"
+        )
     windows = [sum(sizes[s : s + cfg.grad_accum]) for s in range(0, micro_steps, cfg.grad_accum)]  # rows each
     model = acc.prepare(Trainable(task.student, method.modules()))  # DDP, device; the same Parameters
     step_model = torch.compile(model) if cfg.compile else model
