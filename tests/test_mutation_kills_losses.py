@@ -1,0 +1,223 @@
+"""Tests that kill mutants mutmut found alive in kdlab.losses (see benchmarks/results/mutation.md).
+
+Every value is checked against a float64 reference written out here from the formula, never against another kdlab
+call: the loss modules' defaults and their mask, the (N, L, C) row layout, and the token-row kernels.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdlab.losses.modules import CrossEntropy, DKDLoss, FocalKD, KDLoss, LabelSmoothingKD, Poly1KD, PTLoss
+
+torch.manual_seed(0)
+S = torch.randn(3, 4, 5, dtype=torch.float64) * 2
+T = torch.randn(3, 4, 5, dtype=torch.float64) * 2
+Y = torch.randint(0, 5, (3, 4))
+MASK = torch.tensor([[True, False, True, True], [False, False, True, False], [True, True, False, True]])
+
+
+def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    e = torch.exp(logits / temperature - (logits / temperature).amax(-1, keepdim=True))
+    return e / e.sum(-1, keepdim=True)
+
+
+def _kl_rows(p_t: torch.Tensor, p_s: torch.Tensor) -> torch.Tensor:
+    return (p_t * (p_t.log() - p_s.log())).sum(-1)
+
+
+def _ref_kd(temperature: float) -> torch.Tensor:
+    return temperature**2 * _kl_rows(_probs(T, temperature), _probs(S, temperature))
+
+
+def _ref_pt(eps: list[float], temperature: float) -> torch.Tensor:
+    p_t, p_s = _probs(T, temperature), _probs(S, temperature)
+    poly = sum(e * (1 - p_s) ** (m + 1) for m, e in enumerate(eps))
+    return temperature**2 * (_kl_rows(p_t, p_s) + (p_t * poly).sum(-1))
+
+
+def _ref_ls(smoothing: float, temperature: float) -> torch.Tensor:
+    p_t = (1 - smoothing) * _probs(T, temperature) + smoothing / T.shape[-1]
+    return temperature**2 * _kl_rows(p_t, _probs(S, temperature))
+
+
+def _ref_focal(gamma: float, temperature: float) -> torch.Tensor:
+    p_t, p_s = _probs(T, temperature), _probs(S, temperature)
+    return temperature**2 * ((p_t * p_t.log()).sum(-1) - (p_t * (1 - p_s) ** gamma * p_s.log()).sum(-1))
+
+
+def _ref_dkd(alpha: float, beta: float, temperature: float) -> torch.Tensor:
+    """Decoupled KD (Zhao et al. 2022) row by row: binary target/non-target KL and the KL among non-targets."""
+    p_t, p_s = _probs(T, temperature), _probs(S, temperature)
+    gt = torch.nn.functional.one_hot(Y, 5).bool()
+    bt = torch.stack([p_t[gt].reshape(Y.shape), 1 - p_t[gt].reshape(Y.shape)], -1)
+    bs = torch.stack([p_s[gt].reshape(Y.shape), 1 - p_s[gt].reshape(Y.shape)], -1)
+    nt = p_t.masked_fill(gt, 0) / (1 - p_t[gt].reshape(Y.shape)).unsqueeze(-1)
+    ns = p_s.masked_fill(gt, 0) / (1 - p_s[gt].reshape(Y.shape)).unsqueeze(-1)
+    nckd = torch.where(gt, 0.0, nt * (nt.clamp_min(1e-300).log() - ns.clamp_min(1e-300).log())).sum(-1)
+    return temperature**2 * (alpha * _kl_rows(bt, bs) + beta * nckd)
+
+
+def _ref_ce(smoothing: float) -> torch.Tensor:
+    log_p = _probs(S, 1.0).log()
+    nll = -log_p.gather(-1, Y.unsqueeze(-1)).squeeze(-1)
+    return (1 - smoothing) * nll - smoothing * log_p.mean(-1)
+
+
+CASES = [  # module built with its defaults, the reference at those defaults
+    (KDLoss, lambda: _ref_kd(4.0)),
+    (lambda: PTLoss([0.3, -0.2]), lambda: _ref_pt([0.3, -0.2], 1.0)),
+    (Poly1KD, lambda: _ref_pt([1.0], 1.0)),
+    (LabelSmoothingKD, lambda: _ref_ls(0.1, 4.0)),
+    (FocalKD, lambda: _ref_focal(2.0, 1.0)),
+]
+
+
+@pytest.mark.parametrize(("build", "reference"), CASES)
+def test_loss_modules_use_their_documented_defaults_and_the_mask(build, reference):
+    module, rows = build(), reference()
+    assert torch.allclose(module(S, T), rows.mean(), atol=1e-10, rtol=1e-10)
+    assert torch.allclose(module(S, T, mask=MASK), rows[MASK].mean(), atol=1e-10, rtol=1e-10)
+    assert module.reduction == "batchmean"
+
+
+def test_dkd_module_defaults_and_its_refusal_of_a_mask():
+    module = DKDLoss()
+    assert torch.allclose(module(S, T, Y), _ref_dkd(1.0, 8.0, 4.0).mean(), atol=1e-9, rtol=1e-9)
+    with pytest.raises(ValueError, match="dkd does not take a mask"):
+        module(S, T, Y, mask=MASK)
+
+
+def test_cross_entropy_module_defaults_mask_and_ignore_index():
+    module = CrossEntropy()
+    rows = _ref_ce(0.0)
+    assert torch.allclose(module(S, None, Y), rows.mean(), atol=1e-10, rtol=1e-10)
+    assert torch.allclose(module(S, None, Y, mask=MASK), rows[MASK].mean(), atol=1e-10, rtol=1e-10)
+    ignored = Y.masked_fill(~MASK, -100)  # the default ignore_index
+    assert torch.allclose(module(S, None, ignored), rows[MASK].mean(), atol=1e-10, rtol=1e-10)
+    smoothed = CrossEntropy(label_smoothing=0.2, ignore_index=7)
+    ignored = Y.masked_fill(~MASK, 7)
+    expected = _ref_ce(0.2)[MASK].mean()
+    assert torch.allclose(smoothed(S, None, ignored), expected, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("module", "call", "message"),
+    [
+        (KDLoss(), lambda m: m(S), "KDLoss needs teacher_logits"),
+        (FocalKD(), lambda m: m(S), "FocalKD needs teacher_logits"),
+        (DKDLoss(), lambda m: m(S, T), r"DKDLoss needs target \(the hard labels\)"),
+        (CrossEntropy(), lambda m: m(S, T), r"CrossEntropy needs target"),
+    ],
+)
+def test_loss_modules_name_what_they_miss(module, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(module)
+
+
+def test_ptloss_module_keeps_its_own_float64_copy_of_epsilon():
+    eps = torch.tensor([0.25, -0.125], dtype=torch.float32)
+    module = PTLoss(eps, temperature=2.0)
+    eps.add_(1.0)  # the caller's tensor changes; the module's buffer does not
+    assert module.epsilon.dtype == torch.float64
+    assert module.epsilon.tolist() == [0.25, -0.125]
+    assert PTLoss([0.1]).epsilon.dtype == torch.float64
+    assert torch.allclose(module(S, T), _ref_pt([0.25, -0.125], 2.0).mean(), atol=1e-10, rtol=1e-10)
+
+
+# ---- the sparse teacher: tail draws, vocabulary checks ----
+
+
+def _reference_tail_draws(logits: torch.Tensor, k: int, s: int, seed: int) -> tuple[list[list[int]], list[float]]:
+    """Systematic sampling written out row by row in float64: offset u = 1 − U(0, 1], draws at (u + i) / s."""
+    offsets = 1.0 - torch.rand(logits.shape[0], 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    draws, entropies = [], []
+    for row, u in zip(logits.double(), offsets[:, 0].tolist(), strict=True):
+        top = set(row.topk(k).indices.tolist())
+        tail = [j for j in range(len(row)) if j not in top and row[j] > float("-inf")]
+        if not tail:
+            draws.append([int(row.topk(k).indices[0])] * s)
+            entropies.append(0.0)
+            continue
+        weights = torch.exp(row[tail] - row[tail].max())
+        q = (weights / weights.sum()).tolist()
+        entropies.append(-sum(p * torch.log(torch.tensor(p, dtype=torch.float64)).item() for p in q if p > 0))
+        cdf, picks = [], []
+        for p in q:
+            cdf.append((cdf[-1] if cdf else 0.0) + p)
+        for i in range(s):
+            target = (u + i) / s * cdf[-1]
+            picks.append(tail[min(next(n for n, c in enumerate(cdf) if c >= target - 1e-15), len(tail) - 1)])
+        draws.append(picks)
+    return draws, entropies
+
+
+def test_tail_draws_follow_the_generator_and_systematic_sampling():
+    from kdlab.losses.sparse_teacher import sparse_teacher_from_logits
+
+    logits = torch.tensor(
+        [
+            [0.0, 1.0, float("-inf"), float("-inf"), float("-inf")],  # the top 2 hold everything: empty tail
+            [3.0, 0.5, -1.0, 2.0, 0.0],
+            [1.0, 1.0, 1.0, 1.0, 1.0],
+            [-2.0, 4.0, 0.3, 0.2, 0.1],
+        ]
+    )
+    torch.manual_seed(123)  # the global generator must not be the one drawn from
+    torch.rand(7)
+    sparse = sparse_teacher_from_logits(logits, 2, tail_samples=6, generator=torch.Generator().manual_seed(5))
+    draws, entropies = _reference_tail_draws(logits, 2, 6, seed=5)
+    assert sparse.tail_samples.dtype == torch.int32
+    assert sparse.tail_samples.tolist()[1:] == draws[1:]
+    assert sparse.tail_samples[0].tolist() == [1] * 6  # no tail: the top class stands in, with weight r = 0
+    assert torch.allclose(sparse.tail_entropy.double(), torch.tensor(entropies, dtype=torch.float64), atol=1e-6)
+
+
+def _sparse(indices: list[list[int]], samples: list[list[int]] | None = None):
+    from kdlab.losses.sparse_teacher import SparseTeacher
+
+    idx = torch.tensor(indices, dtype=torch.int32)
+    extra = () if samples is None else (torch.tensor(samples, dtype=torch.int32), torch.zeros(len(indices)))
+    return SparseTeacher(torch.zeros(idx.shape), idx, torch.zeros(len(indices)), *extra)
+
+
+@pytest.mark.parametrize(
+    ("indices", "samples", "message"),
+    [
+        ([[5]], None, r"indices must be in \[0, 4\]"),  # a single stored index, equal to the vocabulary size
+        ([[0, 4], [1, 5]], None, r"indices must be in \[0, 4\]"),
+        ([[2, 2]], None, "repeat a class"),
+        ([[1, 3, 3]], None, "repeat a class"),  # the repeat is not in the first pair
+        ([[0, 1]], [[2, 5]], r"tail samples must be in \[0, 4\]"),
+    ],
+)
+def test_sparse_teacher_vocabulary_check_at_its_edges(indices, samples, message):
+    with pytest.raises(ValueError, match=message):
+        _sparse(indices, samples).check_vocab(5)
+
+
+def test_sparse_teacher_accepts_the_last_class_and_single_indices():
+    _sparse([[4]]).check_vocab(5)
+    _sparse([[0, 4], [3, 1]], [[2, 3], [4, 0]]).check_vocab(5)
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [
+        torch.zeros(2, 3),  # floating point
+        torch.zeros(2, dtype=torch.int32),  # one dim short
+        torch.zeros(3, 2, dtype=torch.int32),  # other tokens
+    ],
+)
+def test_sparse_teacher_refuses_malformed_tail_samples(samples):
+    from kdlab.losses.sparse_teacher import SparseTeacher
+
+    with pytest.raises(ValueError, match="tail_samples must be integers"):
+        SparseTeacher(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.int32), torch.zeros(2), samples, torch.zeros(2))
+
+
+def test_sparse_teacher_to_moves_every_tensor():
+    sparse = _sparse([[0, 4], [3, 1]], [[2, 3], [4, 0]])
+    moved = sparse.to("cpu")
+    assert moved.indices.tolist() == [[0, 4], [3, 1]] and moved.tail_samples.tolist() == [[2, 3], [4, 0]]
