@@ -221,3 +221,120 @@ def test_sparse_teacher_to_moves_every_tensor():
     sparse = _sparse([[0, 4], [3, 1]], [[2, 3], [4, 0]])
     moved = sparse.to("cpu")
     assert moved.indices.tolist() == [[0, 4], [3, 1]] and moved.tail_samples.tolist() == [[2, 3], [4, 0]]
+
+
+# ---- cross_entropy: label smoothing's range, the compute dtype, the NaN report ----
+
+
+def test_cross_entropy_label_smoothing_range_and_compute_dtype():
+    from kdlab.losses import cross_entropy
+
+    logits = (torch.randn(6, 5, dtype=torch.float64) * 3).to(torch.bfloat16)
+    target = torch.randint(0, 5, (6,))
+    log_p = torch.log_softmax(logits.double(), -1)
+    full = -log_p.mean(-1).mean()  # smoothing 1: the uniform target
+    assert torch.allclose(cross_entropy(logits, target, label_smoothing=1.0).double(), full, atol=1e-6, rtol=0)
+    nll = -log_p.gather(-1, target[:, None]).mean()
+    assert torch.allclose(cross_entropy(logits, target).double(), nll, atol=1e-6, rtol=0)  # float32, not bfloat16
+    with pytest.raises(ValueError, match="label_smoothing"):
+        cross_entropy(logits, target, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="^logits must"):
+        cross_entropy(torch.randn(5), target[:5])
+    bad = logits.float()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="logits contains NaN"):
+        cross_entropy(bad, target)
+
+
+# ---- fused_linear_distill: a sparse teacher's buckets, the backward's scale ----
+
+
+def _bucket_kd_reference(hidden, weight, values, indices, log_rest) -> torch.Tensor:
+    """Mean over tokens of KL(Q ‖ P) over the k + 1 buckets, in float64 (see kdlab.losses.sparse_teacher)."""
+    p = torch.softmax(hidden.double() @ weight.double().t(), -1)
+    r = log_rest.double().exp()
+    q_top = (1 - r)[:, None] * torch.softmax(values.double(), -1)
+    p_top = p.gather(-1, indices.long())
+    q = torch.cat([q_top, r[:, None]], -1)
+    p_b = torch.cat([p_top, (1 - p_top.sum(-1))[:, None]], -1)
+    return (q * (q.log() - p_b.log())).sum(-1).mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_linear_sparse_buckets_match_a_float64_reference(dtype):
+    from kdlab.losses import fused_linear_distill
+    from kdlab.losses.sparse_teacher import SparseTeacher
+
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(7, 4, generator=gen, dtype=torch.float64).to(dtype)
+    weight = torch.randn(9, 4, generator=gen, dtype=torch.float64).to(dtype)
+    indices = torch.stack([torch.randperm(9, generator=gen)[:3] for _ in range(7)]).int()
+    values = (torch.randn(7, 3, generator=gen) * 4).to(torch.float16)  # stored as the cache stores them
+    log_rest = torch.log(torch.rand(7, generator=gen) * 0.5 + 0.01).float()
+    got = fused_linear_distill(hidden, weight, SparseTeacher(values, indices, log_rest), loss="kd")
+    expected = _bucket_kd_reference(hidden, weight, values, indices, log_rest)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(got.double(), expected, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("factor", [2.0, 0.5])
+def test_fused_linear_backward_scales_by_the_outer_gradient(factor):
+    from kdlab.losses import fused_linear_distill
+
+    gen = torch.Generator().manual_seed(4)
+    hidden = torch.randn(5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    (factor * fused_linear_distill(hidden, weight, teacher, loss="kd")).backward()
+    # reference: autograd through the dense float64 formula
+    h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    q = torch.softmax(teacher, -1)
+    (factor * (q * (q.log() - torch.log_softmax(h @ w.t(), -1))).sum(-1).mean()).backward()
+    assert torch.allclose(hidden.grad, h.grad, atol=1e-12) and torch.allclose(weight.grad, w.grad, atol=1e-12)
+
+
+def _parts(b: int = 2, length: int = 3, k: int = 4, s: int = 2) -> dict[str, torch.Tensor]:
+    """A valid (B, L, k) sparse teacher with tail samples: leading dims (B, L) differ from (B,)."""
+    return {
+        "values": torch.zeros(b, length, k),
+        "indices": torch.zeros(b, length, k, dtype=torch.int32),
+        "log_rest": torch.zeros(b, length),
+        "tail_samples": torch.zeros(b, length, s, dtype=torch.int32),
+        "tail_entropy": torch.zeros(b, length),
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"values": torch.zeros(2, 3, 4, dtype=torch.int32)}, "values must be floating point"),
+        ({"values": torch.zeros(2, 3, 0), "indices": torch.zeros(2, 3, 0, dtype=torch.int32)}, "values must be"),
+        ({"indices": torch.zeros(2, 3, 4)}, "indices must be integers"),
+        ({"indices": torch.zeros(2, 3, 5, dtype=torch.int32)}, "indices must be integers"),
+        ({"log_rest": torch.zeros(2)}, "log_rest must be floating point"),
+        ({"log_rest": torch.zeros(2, 3, dtype=torch.int64)}, "log_rest must be floating point"),
+        ({"tail_samples": torch.zeros(2, 3, 0, dtype=torch.int32)}, "tail_samples must be integers"),
+        ({"tail_samples": torch.zeros(2, 4, 2, dtype=torch.int32)}, "tail_samples must be integers"),
+        ({"tail_samples": torch.zeros(2, 3, 2)}, "tail_samples must be integers"),
+        ({"tail_samples": [[0, 1]]}, "tail_samples must be integers"),
+        ({"tail_entropy": torch.zeros(2)}, "tail_entropy must be floating point"),
+        ({"tail_entropy": torch.zeros(2, 3, dtype=torch.int64)}, "tail_entropy must be floating point"),
+        ({"tail_entropy": [0.0]}, "tail_entropy must be floating point"),
+    ],
+)
+def test_sparse_teacher_refuses_each_malformed_part(change, message):
+    from kdlab.losses.sparse_teacher import SparseTeacher
+
+    with pytest.raises(ValueError, match=message):
+        SparseTeacher(**{**_parts(), **change})
+
+
+def test_sparse_teacher_accepts_one_class_and_one_sample_and_mixes_no_tails_in_cat():
+    from kdlab.losses.sparse_teacher import SparseTeacher
+
+    one = SparseTeacher(**_parts(k=1, s=1))
+    assert one.k == 1 and one.tail_samples.shape == (2, 3, 1)
+    assert SparseTeacher(torch.zeros(3), torch.zeros(3, dtype=torch.int32), torch.zeros(())).k == 3
+    plain = {k: v for k, v in _parts().items() if not k.startswith("tail")}
+    with pytest.raises(ValueError, match="tail"):
+        SparseTeacher.cat([SparseTeacher(**_parts()), SparseTeacher(**plain)])
