@@ -338,3 +338,133 @@ def test_sparse_teacher_accepts_one_class_and_one_sample_and_mixes_no_tails_in_c
     plain = {k: v for k, v in _parts().items() if not k.startswith("tail")}
     with pytest.raises(ValueError, match="tail"):
         SparseTeacher.cat([SparseTeacher(**_parts()), SparseTeacher(**plain)])
+
+
+# ---- proxy teacher and DKD on (N, L, C) inputs: the class axis is the last, not the second ----
+
+
+def test_proxy_teacher_on_token_shaped_probabilities_matches_the_m1_closed_form():
+    from test_proxy_teacher_bruteforce import closed_form_m1
+
+    from kdlab.losses import proxy_teacher
+
+    gen = torch.Generator().manual_seed(8)
+    probs = torch.softmax(torch.randn(2, 3, 5, generator=gen, dtype=torch.float64) * 2, -1)
+    for epsilon in (torch.tensor([0.4], dtype=torch.float64), torch.linspace(-0.5, 0.8, 5, dtype=torch.float64)[:, None]):
+        got = proxy_teacher(probs, epsilon)
+        expected = closed_form_m1(probs.reshape(-1, 5), epsilon).reshape(2, 3, 5)
+        assert got.shape == (2, 3, 5)
+        assert torch.allclose(got, expected, atol=1e-9, rtol=0)
+
+
+def test_dkd_on_a_single_token_per_row():
+    from kdlab.losses import dkd_loss
+
+    s, t, y = S[:, :1], T[:, :1], Y[:, :1]  # (3, 1, 5): the second axis has one entry
+    rows = _ref_dkd_rows(s, t, y, 1.0, 8.0, 4.0)
+    assert torch.allclose(dkd_loss(s, t, y, 1.0, 8.0, 4.0), rows.mean(), atol=1e-9, rtol=1e-9)
+
+
+def _ref_dkd_rows(s, t, y, alpha, beta, temperature):
+    p_t, p_s = _probs(t, temperature), _probs(s, temperature)
+    gt = torch.nn.functional.one_hot(y, s.shape[-1]).bool()
+    tt, ts = (p_t * gt).sum(-1), (p_s * gt).sum(-1)
+    tckd = tt * (tt / ts).log() + (1 - tt) * ((1 - tt) / (1 - ts)).log()
+    nt = p_t.masked_fill(gt, 0) / (1 - tt).unsqueeze(-1)
+    ns = p_s.masked_fill(gt, 0) / (1 - ts).unsqueeze(-1)
+    nckd = torch.where(gt, 0.0, nt * (nt.clamp_min(1e-300).log() - ns.clamp_min(1e-300).log())).sum(-1)
+    return temperature**2 * (alpha * tckd + beta * nckd)
+
+
+def _dense_kd_reference(hidden, weight, teacher_logits, temperature=1.0):
+    """Mean over tokens of T² · KL(softmax(t/T) ‖ softmax(h·Wᵀ/T)), float64 autograd."""
+    log_p = torch.log_softmax(hidden @ weight.t() / temperature, -1)
+    q = torch.softmax(teacher_logits.double() / temperature, -1)
+    return temperature**2 * (q * (q.log() - log_p)).sum(-1).mean()
+
+
+def test_fused_linear_chunks_add_up_with_and_without_gradients():
+    from kdlab.losses import fused_linear_distill
+
+    gen = torch.Generator().manual_seed(6)
+    hidden = torch.randn(7, 4, generator=gen, dtype=torch.float64)
+    weight = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    teacher = torch.randn(7, 6, generator=gen, dtype=torch.float64)
+    expected = _dense_kd_reference(hidden, weight, teacher)
+    with torch.no_grad():
+        got = fused_linear_distill(hidden, weight, teacher, chunk_size=2)
+    assert torch.allclose(got, expected, atol=1e-12, rtol=0)
+    # half precision: weight gradients of every chunk accumulate in float32
+    h16 = hidden.to(torch.bfloat16).requires_grad_()
+    w16 = weight.to(torch.bfloat16).requires_grad_()
+    fused_linear_distill(h16, w16, teacher.float(), chunk_size=2).backward()
+    h, w = h16.detach().double().requires_grad_(), w16.detach().double().requires_grad_()
+    _dense_kd_reference(h, w, teacher.float()).backward()
+    assert torch.allclose(w16.grad.double(), w.grad, atol=2e-2, rtol=2e-2)
+    assert torch.allclose(h16.grad.double(), h.grad, atol=2e-2, rtol=2e-2)
+
+
+def test_fused_linear_keeps_a_float32_teacher_exact_for_a_float64_student():
+    from kdlab.losses import fused_linear_distill
+
+    gen = torch.Generator().manual_seed(7)
+    hidden = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    weight = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+    t_hidden = torch.randn(5, 4, generator=gen)
+    t_weight = torch.randn(8, 4, generator=gen)
+    logits32 = torch.randn(5, 8, generator=gen) * 5
+    expected = _dense_kd_reference(hidden, weight, logits32, 2.0)
+    assert torch.allclose(fused_linear_distill(hidden, weight, logits32, temperature=2.0), expected, atol=1e-12)
+    expected = _dense_kd_reference(hidden, weight, t_hidden.double() @ t_weight.double().t())
+    got = fused_linear_distill(hidden, weight, (t_hidden, t_weight))
+    assert torch.allclose(got, expected, atol=1e-6)  # the teacher's product is float32
+    exact = _dense_kd_reference(hidden, weight, t_hidden @ t_weight.t())
+    assert torch.allclose(got, exact, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (torch.zeros(5), "labels must be an integer tensor"),
+        (torch.zeros(5, dtype=torch.complex64), "labels must be an integer tensor"),
+        (torch.zeros(4, dtype=torch.int64), "labels must be an integer tensor"),
+        ([0, 1, 2, 3, 4], "labels must be an integer tensor"),
+    ],
+)
+def test_fused_linear_refuses_malformed_labels(labels, message):
+    from kdlab.losses import fused_linear_distill
+
+    with pytest.raises(ValueError, match=message):
+        fused_linear_distill(torch.randn(5, 3), torch.randn(6, 3), torch.randn(5, 6), labels=labels, ce_weight=1.0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), torch.tensor(float("nan"))])
+def test_fused_linear_refuses_a_non_finite_token_count(bad):
+    from kdlab.losses import fused_linear_distill
+
+    with pytest.raises(ValueError, match="num_items"):
+        fused_linear_distill(torch.randn(5, 3), torch.randn(6, 3), torch.randn(5, 6), num_items=bad)
+
+
+def test_fused_linear_sparse_buckets_at_temperature_one_half():
+    """Q_T ∝ Q^(1/T) over the k + 1 buckets, P_T the buckets of softmax(h·Wᵀ / T), times T²."""
+    from kdlab.losses import fused_linear_distill
+    from kdlab.losses.sparse_teacher import SparseTeacher
+
+    gen = torch.Generator().manual_seed(9)
+    hidden = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    weight = torch.randn(9, 4, generator=gen, dtype=torch.float64)
+    indices = torch.stack([torch.randperm(9, generator=gen)[:3] for _ in range(6)]).int()
+    values = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    log_rest = torch.log(torch.rand(6, generator=gen, dtype=torch.float64) * 0.5 + 0.01)
+    temperature = 0.5
+    r = log_rest.exp()
+    q = torch.cat([(1 - r)[:, None] * torch.softmax(values, -1), r[:, None]], -1)
+    q_t = torch.softmax(q.log() / temperature, -1)
+    p = torch.softmax(hidden @ weight.t() / temperature, -1)
+    p_top = p.gather(-1, indices.long())
+    p_t = torch.cat([p_top, (1 - p_top.sum(-1))[:, None]], -1)
+    expected = temperature**2 * (q_t * (q_t.log() - p_t.log())).sum(-1).mean()
+    sparse = SparseTeacher(values, indices, log_rest)
+    got = fused_linear_distill(hidden, weight, sparse, temperature=temperature)
+    assert torch.allclose(got, expected, atol=1e-10, rtol=1e-10)
