@@ -468,3 +468,71 @@ def test_fused_linear_sparse_buckets_at_temperature_one_half():
     sparse = SparseTeacher(values, indices, log_rest)
     got = fused_linear_distill(hidden, weight, sparse, temperature=temperature)
     assert torch.allclose(got, expected, atol=1e-10, rtol=1e-10)
+
+
+# ---- the functional losses' defaults, edges and NaN reports ----
+
+
+def test_functional_losses_use_their_documented_defaults():
+    from kdlab.losses import dkd_loss, focal_kd, label_smoothing_kd, poly1_kd
+
+    assert torch.allclose(dkd_loss(S, T, Y), _ref_dkd_rows(S, T, Y, 1.0, 8.0, 4.0).mean(), atol=1e-9)
+    assert torch.allclose(focal_kd(S, T), _ref_focal(2.0, 1.0).mean(), atol=1e-10)
+    assert torch.allclose(label_smoothing_kd(S, T), _ref_ls(0.1, 4.0).mean(), atol=1e-10)
+    assert torch.allclose(poly1_kd(S, T), _ref_pt([1.0], 1.0).mean(), atol=1e-10)
+
+
+def test_label_smoothing_kd_at_full_smoothing_is_kd_from_the_uniform_distribution():
+    from kdlab.losses import label_smoothing_kd
+
+    assert torch.allclose(label_smoothing_kd(S, T, 1.0, 2.0), _ref_ls(1.0, 2.0).mean(), atol=1e-10)
+    with pytest.raises(ValueError, match="smoothing"):
+        label_smoothing_kd(S, T, 1.5)
+
+
+@pytest.mark.parametrize(("s_dtype", "t_dtype"), [(torch.float64, torch.float32), (torch.float32, torch.float64)])
+def test_dkd_computes_in_float64_when_either_side_is_float64(s_dtype, t_dtype):
+    from kdlab.losses import dkd_loss
+
+    s, t = S.to(s_dtype), T.to(t_dtype)
+    expected = _ref_dkd_rows(s.double(), t.double(), Y, 1.0, 2.0, 3.0).mean()
+    got = dkd_loss(s, t, Y, 1.0, 2.0, 3.0)
+    assert got.dtype == torch.float64
+    assert torch.allclose(got, expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("side", ["student_logits", "teacher_logits"])
+def test_dkd_names_the_input_that_holds_nan(side):
+    from kdlab.losses import dkd_loss
+
+    s, t = S.clone(), T.clone()
+    (s if side == "student_logits" else t)[1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match=f"{side} contains NaN"):
+        dkd_loss(s, t, Y)
+
+
+def test_targets_below_zero_are_refused():
+    from kdlab.losses import dkd_loss
+
+    with pytest.raises(ValueError, match="target values must be in"):
+        dkd_loss(S, T, Y - Y.max() - 1)
+
+
+def test_registering_a_loss_by_name():
+    from kdlab.losses import registry
+
+    class Mine(torch.nn.Module):
+        pass
+
+    class Other(torch.nn.Module):
+        pass
+
+    try:
+        assert registry.register("mutation_test_loss")(Mine) is Mine
+        assert Mine.registry_name == "mutation_test_loss"
+        assert isinstance(registry.get("mutation_test_loss"), Mine)
+        registry.register("mutation_test_loss")(Mine)  # the same class again is fine
+        with pytest.raises(ValueError, match="already registered by"):
+            registry.register("mutation_test_loss")(Other)
+    finally:
+        registry._REGISTRY.pop("mutation_test_loss", None)
