@@ -190,16 +190,19 @@ def changed_line(name: str, mutant: str) -> str:
     return f"`{old[:100]}` → `{new[:100]}`".replace("|", "\\|")
 
 
-def _score(statuses: dict[str, str], names: list[str], equivalent: dict[str, str]) -> tuple[int, int, int, float]:
+def _score(statuses: dict[str, str], names: list[str], excluded: dict[str, str]) -> tuple[int, int, int, float]:
+    """Killed, excluded (equivalent or untestable here), survived, and the score killed / (all − excluded)."""
     killed = sum(statuses[n] in KILLED for n in names)
-    equiv = sum(n in equivalent and statuses[n] not in KILLED for n in names)
-    denominator = len(names) - equiv
-    return killed, equiv, len(names) - killed - equiv, killed / denominator if denominator else 1.0
+    left_out = sum(n in excluded and statuses[n] not in KILLED for n in names)
+    denominator = len(names) - left_out
+    return killed, left_out, len(names) - killed - left_out, killed / denominator if denominator else 1.0
 
 
 def write_report(runs: dict[str, dict[str, str]]) -> None:
     notes = tomllib.loads(NOTES.read_text()) if NOTES.exists() else {}
     equivalent: dict[str, str] = notes.get("equivalent", {})
+    untestable: dict[str, str] = notes.get("untestable", {})
+    excluded = {**equivalent, **untestable}
     killed_by: dict[str, str] = notes.get("killed_by", {})
     rows, survivors, fixed = [], [], []
     for name, group in GROUPS.items():
@@ -209,16 +212,22 @@ def write_report(runs: dict[str, dict[str, str]]) -> None:
         modules = sorted({n.split(".x")[0] for n in statuses})
         for module in modules:
             names = sorted(n for n in statuses if n.split(".x")[0] == module)
-            killed, equiv, survived, score = _score(statuses, names, equivalent)
+            killed, equiv, survived, score = _score(statuses, names, excluded)
             rows.append(f"| {name} | {module} | {len(names)} | {killed} | {equiv} | {survived} | {score:.1%} |")
             for n in names:
                 if statuses[n] in KILLED:
                     if n in killed_by:
                         fixed.append(f"| `{n}` | {changed_line(name, n)} | {killed_by[n]} |")
                     continue
-                verdict = f"equivalent: {equivalent[n]}" if n in equivalent else f"**{statuses[n]}**"
+                verdict = (
+                    f"equivalent: {equivalent[n]}"
+                    if n in equivalent
+                    else f"untestable here: {untestable[n]}"
+                    if n in untestable
+                    else f"**{statuses[n]}**"
+                )
                 survivors.append(f"| `{n}` | {changed_line(name, n)} | {verdict} |")
-        killed, equiv, survived, score = _score(statuses, list(statuses), equivalent)
+        killed, equiv, survived, score = _score(statuses, list(statuses), excluded)
         target = f" (target {TARGETS[name]:.0%})" if name in TARGETS else ""
         rows.append(
             f"| **{name}** | all | {len(statuses)} | {killed} | {equiv} | {survived} | **{score:.1%}**{target} |"
@@ -228,7 +237,9 @@ def write_report(runs: dict[str, dict[str, str]]) -> None:
             "# Mutation testing (mutmut)",
             "",
             "Written by `benchmarks/mutation.py` (`make mutation`); how to read and rerun it: docs/testing.md.",
-            "Score = killed / (mutants − equivalent); a mutant no selected test reaches (`no tests`) is a survivor.",
+            "Score = killed / (mutants − excluded). Excluded: equivalent mutants, and the few no test can kill here",
+            "(a device argument on a CPU-only machine, the torch.compile path); each is listed with its reason.",
+            "A mutant no selected test reaches (`no tests`) counts as a survivor.",
             "Error and warning texts are not mutated; the loop group mutates only the normalisation lines of",
             "`run_loop` and the two tasks' `objective` (and the LM step's window token count).",
             "",
@@ -243,7 +254,7 @@ def write_report(runs: dict[str, dict[str, str]]) -> None:
                 for g, r in runs.items()
             ),
             "",
-            "| group | module | mutants | killed | equivalent | survived | score |",
+            "| group | module | mutants | killed | excluded | survived | score |",
             "|---|---|---|---|---|---|---|",
             *rows,
             "",

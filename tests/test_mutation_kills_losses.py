@@ -238,7 +238,7 @@ def test_cross_entropy_label_smoothing_range_and_compute_dtype():
     assert torch.allclose(cross_entropy(logits, target).double(), nll, atol=1e-6, rtol=0)  # float32, not bfloat16
     with pytest.raises(ValueError, match="label_smoothing"):
         cross_entropy(logits, target, label_smoothing=1.5)
-    with pytest.raises(ValueError, match="^logits must"):
+    with pytest.raises(ValueError, match=r"^logits must"):
         cross_entropy(torch.randn(5), target[:5])
     bad = logits.float()
     bad[2, 1] = float("nan")
@@ -350,7 +350,8 @@ def test_proxy_teacher_on_token_shaped_probabilities_matches_the_m1_closed_form(
 
     gen = torch.Generator().manual_seed(8)
     probs = torch.softmax(torch.randn(2, 3, 5, generator=gen, dtype=torch.float64) * 2, -1)
-    for epsilon in (torch.tensor([0.4], dtype=torch.float64), torch.linspace(-0.5, 0.8, 5, dtype=torch.float64)[:, None]):
+    shared, per_class = torch.tensor([0.4], dtype=torch.float64), torch.linspace(-0.5, 0.8, 5, dtype=torch.float64)
+    for epsilon in (shared, per_class[:, None]):
         got = proxy_teacher(probs, epsilon)
         expected = closed_form_m1(probs.reshape(-1, 5), epsilon).reshape(2, 3, 5)
         assert got.shape == (2, 3, 5)
