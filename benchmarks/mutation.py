@@ -17,7 +17,9 @@ each group works in ``.mutation/<group>/`` with its own generated ``[tool.mutmut
 from __future__ import annotations
 
 import argparse
+import difflib
 import fnmatch
+import functools
 import json
 import os
 import platform
@@ -175,16 +177,26 @@ def results(name: str, group: Group) -> dict[str, str]:
     return statuses
 
 
-def changed_line(name: str, mutant: str) -> str:
-    """The mutated line(s), ``old`` → ``new``, from mutmut's diff of the mutant's function."""
-    from mutmut.mutation.diff_apply import get_diff_for_mutant
+@functools.cache
+def _mutated_module(name: str, module: str):  # -> libcst.Module
+    from mutmut.mutation.diff_apply import read_mutants_module
 
-    module = mutant.split(".x")[0]
     os.chdir(WORK / name)
     try:
-        diff = get_diff_for_mutant(mutant, path=Path("src", *module.split(".")).with_suffix(".py")).splitlines()
+        return read_mutants_module(Path("src", *module.split(".")).with_suffix(".py"))
     finally:
         os.chdir(ROOT)
+
+
+def changed_line(name: str, mutant: str) -> str:
+    """The mutated line(s), ``old`` → ``new``, from the original and the mutated function in mutants/."""
+    import libcst as cst
+    from mutmut.mutation.diff_apply import read_mutant_function, read_original_function
+
+    module = _mutated_module(name, mutant.split(".x")[0])
+    functions = (read_original_function(module, mutant), read_mutant_function(module, mutant))
+    old_code, new_code = (cst.Module([f]).code.strip().splitlines() for f in functions)
+    diff = list(difflib.unified_diff(old_code, new_code, lineterm=""))
     old = " ".join(line[1:].strip() for line in diff if line.startswith("-") and not line.startswith("---"))
     new = " ".join(line[1:].strip() for line in diff if line.startswith("+") and not line.startswith("+++"))
     return f"`{old[:100]}` → `{new[:100]}`".replace("|", "\\|")
