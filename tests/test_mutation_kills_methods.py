@@ -1,0 +1,98 @@
+"""Tests that kill mutants mutmut found alive in kdlab.methods (see benchmarks/results/mutation.md).
+
+The token-level branch shared by the language-model methods (``methods.token``) is checked against float64
+references written here: next-token cross-entropy through the fused path, what the fused loss receives as the
+teacher, and the registry's listings.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdlab.losses.sparse_teacher import SparseTeacher
+from kdlab.methods import Outputs, StepState, build
+from kdlab.methods.base import available, supporting
+from kdlab.methods.token import teacher_input, teacher_outputs
+
+STATE = StepState(epoch=0, step=0, epochs=1, progress=0.0)
+GEN = torch.Generator().manual_seed(11)
+HIDDEN = torch.randn(2, 3, 4, generator=GEN, dtype=torch.float64)
+WEIGHT = torch.randn(6, 4, generator=GEN, dtype=torch.float64)
+TARGETS = torch.tensor([[1, 5, -100], [0, -100, 3]])
+
+
+def _ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Σ over counted tokens of −log softmax(h·Wᵀ)[target] in float64; -100 tokens do not count."""
+    log_p = torch.log_softmax(hidden.double() @ weight.double().t(), -1)
+    keep = targets != -100
+    return -log_p[keep].gather(-1, targets[keep][:, None]).sum()
+
+
+def test_token_cross_entropy_counts_the_targets_and_divides_by_num_items():
+    method = build("ce", {}, 6, task="causal_lm")
+    batch = {"targets": TARGETS, "ignore_index": -100, "num_items": 10}
+    terms = method.compute(batch, Outputs(hidden=HIDDEN, head_weight=WEIGHT), None, STATE)
+    assert list(terms) == ["ce"]
+    assert torch.allclose(terms["ce"], _ce_sum(HIDDEN, WEIGHT, TARGETS) / 10, atol=1e-12)
+    # without ignore_index in the batch every token counts (and a negative target reads as class 0)
+    plain = method.compute({"targets": TARGETS.clamp(min=0)}, Outputs(hidden=HIDDEN, head_weight=WEIGHT), None, STATE)
+    assert torch.allclose(plain["ce"], _ce_sum(HIDDEN, WEIGHT, TARGETS.clamp(min=0)) / 6, atol=1e-12)
+
+
+def test_token_method_without_a_teacher_weight_is_alpha_times_cross_entropy():
+    method = build("kd", {"alpha": 0.5, "beta": 0.0}, 6, task="causal_lm")
+    teacher = Outputs(logits=torch.randn(2, 3, 6, dtype=torch.float64))
+    batch = {"targets": TARGETS, "ignore_index": -100}
+    terms = method.compute(batch, Outputs(hidden=HIDDEN, head_weight=WEIGHT), teacher, STATE)
+    assert torch.allclose(terms["ce"], 0.5 * _ce_sum(HIDDEN, WEIGHT, TARGETS) / 4, atol=1e-12)
+    assert method.describe() == "kd(alpha=0.5, beta=0.0, T=1.0)"
+
+
+def test_token_loss_casts_a_mixed_precision_head_to_the_hidden_dtype():
+    method = build("ce", {}, 6, task="causal_lm")
+    hidden = HIDDEN.float()
+    terms = method.compute({"targets": TARGETS.clamp(min=0)}, Outputs(hidden=hidden, head_weight=WEIGHT), None, STATE)
+    assert terms["ce"].dtype == torch.float32
+    expected = _ce_sum(hidden, WEIGHT.float(), TARGETS.clamp(min=0)) / 6
+    assert torch.allclose(terms["ce"].double(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="hidden states and head weight"):
+        method.compute({"targets": TARGETS}, Outputs(hidden=HIDDEN), None, STATE)
+
+
+def _sparse_with_tail() -> SparseTeacher:
+    return SparseTeacher(
+        torch.zeros(2, 2),
+        torch.tensor([[0, 1], [2, 3]]),
+        torch.full((2,), -1.0),
+        torch.zeros(2, 3, dtype=torch.int32),
+        torch.zeros(2),
+    )
+
+
+@pytest.mark.parametrize(
+    ("loss", "temperature", "keeps_tail"),
+    [("kd", 1.0, True), ("ptloss", 1.0, True), ("kd", 2.0, False), ("reverse_kl", 1.0, False), ("jsd", 1.0, False)],
+)
+def test_tail_samples_reach_the_fused_loss_only_where_they_serve(loss, temperature, keeps_tail):
+    given = teacher_input(Outputs(sparse=_sparse_with_tail()), loss, temperature)
+    assert isinstance(given, SparseTeacher)
+    assert given.has_tail_samples is keeps_tail
+    assert given.indices.tolist() == [[0, 1], [2, 3]]
+
+
+def test_teacher_outputs_is_the_inverse_of_teacher_input():
+    sparse = _sparse_with_tail()
+    assert teacher_outputs(sparse).sparse is sparse
+    pair = teacher_outputs((HIDDEN, WEIGHT))
+    assert pair.hidden is HIDDEN and pair.head_weight is WEIGHT and pair.logits is None
+    logits = torch.zeros(2, 3, 6)
+    assert teacher_outputs(logits).logits is logits
+    assert teacher_input(teacher_outputs((HIDDEN, WEIGHT)), "kd", 1.0) == (HIDDEN, WEIGHT)
+
+
+def test_method_listings():
+    names = available()
+    assert names == sorted(names) and {"kd", "ptloss", "dkd", "fitnets", "reverse_kl"} <= set(names)
+    lm = supporting("causal_lm")
+    assert {"kd", "reverse_kl", "jsd", "ce"} <= set(lm) and "fitnets" not in lm and "dkd" not in lm
