@@ -96,3 +96,49 @@ def test_method_listings():
     assert names == sorted(names) and {"kd", "ptloss", "dkd", "fitnets", "reverse_kl"} <= set(names)
     lm = supporting("causal_lm")
     assert {"kd", "reverse_kl", "jsd", "ce"} <= set(lm) and "fitnets" not in lm and "dkd" not in lm
+
+
+# ---- DKD's warm-up ramp, PTLoss's selection settings ----
+
+
+def _dkd_reference(student, teacher, y, alpha, beta, temperature):
+    from test_mutation_kills_losses import _ref_dkd_rows
+
+    return _ref_dkd_rows(student, teacher, y, alpha, beta, temperature).mean()
+
+
+@pytest.mark.parametrize(("warmup", "progress", "ramp"), [(0.0, 0.3, 1.0), (2.0, 3.0, 1.0), (2.0, 0.5, 0.25)])
+def test_dkd_ramp_rises_to_one_and_stays(warmup, progress, ramp):
+    gen = torch.Generator().manual_seed(12)
+    s, t = torch.randn(5, 4, generator=gen, dtype=torch.float64), torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    method = build("dkd", {"warmup_epochs": warmup, "ce_weight": 0.0, "alpha": 0.5, "beta": 2.0}, 4)
+    state = StepState(epoch=int(progress), step=0, epochs=4, progress=progress)
+    terms = method.compute({"y": y}, Outputs(logits=s), Outputs(logits=t), state)
+    assert list(terms) == ["dkd"]
+    assert torch.allclose(terms["dkd"], ramp * _dkd_reference(s, t, y, 0.5, 2.0, 4.0), atol=1e-12)
+
+
+def test_ptloss_selection_uses_the_method_settings():
+    gen = torch.Generator().manual_seed(13)
+    logits = torch.randn(60, 3, generator=gen) * 3
+    labels = torch.randint(0, 3, (60,), generator=gen)
+    settings = {
+        "epsilon": "auto",
+        "candidates": 6,
+        "order": 2,
+        "per_class": True,
+        "scale": 0.5,
+        "selection_seed": 3,
+        "selection_metric": "tv",
+    }
+    method = build("ptloss", settings, 3)
+    chosen = method.select(logits, labels)
+    assert method.selection is chosen and chosen.metric == "tv"
+    assert chosen.candidates.shape == (6, 3, 2) and method.epsilon.shape == (3, 2)  # per class, order 2
+    bound = 0.5 / torch.tensor([1.0, 2.0])
+    assert bool((chosen.candidates.abs() <= bound).all())  # eps_m in [-scale/m, scale/m]
+    other = build("ptloss", {**settings, "selection_seed": 4}, 3).select(logits, labels)
+    assert not torch.equal(other.candidates, chosen.candidates)
+    shared = build("ptloss", {**settings, "per_class": False}, 3).select(logits, labels)
+    assert shared.candidates.shape == (6, 2)
