@@ -142,3 +142,35 @@ def test_ptloss_selection_uses_the_method_settings():
     assert not torch.equal(other.candidates, chosen.candidates)
     shared = build("ptloss", {**settings, "per_class": False}, 3).select(logits, labels)
     assert shared.candidates.shape == (6, 2)
+
+
+@pytest.mark.parametrize(("task", "rows"), [("classify", None), ("causal_lm", 40)])
+def test_ptloss_setup_selects_on_the_validation_rows_and_reports(task, rows):
+    from kdlab.methods.base import SetupContext
+
+    gen = torch.Generator().manual_seed(14)
+    logits, labels = torch.randn(40, 3, generator=gen) * 3, torch.randint(0, 3, (40,), generator=gen)
+    asked, reports = [], []
+
+    def teacher_logits(split, n=None):
+        asked.append((split, n))
+        return logits
+
+    settings = {"epsilon": "auto", "candidates": 4, "order": 2}
+    if task == "causal_lm":
+        settings["selection_tokens"] = 40
+    method = build("ptloss", settings, 3, task=task)
+    ctx = SetupContext(
+        3,
+        "cpu",
+        None,
+        teacher_logits,
+        lambda split, n=None: labels,
+        lambda *a: {},
+        lambda stem, payload, plot: reports.append((stem, payload)),
+    )
+    method.setup(ctx)
+    assert asked == [("val", rows)]
+    assert method.epsilon is not None and method.selection is not None
+    assert reports == [("ptloss_selection", method.selection.to_dict())]
+    assert torch.equal(method.epsilon, method.selection.epsilon.float())
