@@ -142,3 +142,66 @@ def test_repr_shows_twelve_characters_of_the_fingerprint():
         _raw(x, np.arange(10) % 5, x[:2], np.array([0, 1])), name="t", val_fraction=0.0, seed=0, normalize=False
     )
     assert repr(splits).endswith(f"fingerprint={splits.fingerprint[:12]}…)")
+
+
+def test_unnormalised_statistics_have_the_feature_shape():
+    x = np.ones((8, 2, 3, 4), dtype=np.float32)
+    y = _labels(8, 8)
+    splits = build_splits(_raw(x, y, x[:2], y[:2]), name="t", val_fraction=0.0, seed=0, normalize=False)
+    assert splits.mean.shape == splits.std.shape == (2, 3, 4)
+    per_channel = build_splits(
+        _raw(x, y, x[:2], y[:2], per_channel=True), name="t", val_fraction=0.0, seed=0, normalize=False
+    )
+    assert per_channel.mean.shape == (2,)
+
+
+def test_one_training_row_is_enough_and_none_is_an_error():
+    x = np.zeros((3, 2), dtype=np.float32)
+    y = np.array([0, 1, 2])
+    assert len(build_splits(_raw(x[:1], y[:1], x, y), name="t", val_fraction=0.0, seed=0, normalize=False).y_train) == 1
+    with pytest.raises(DataError, match="training split is empty"):
+        build_splits(_raw(x[:0], y[:0], x, y), name="t", val_fraction=0.0, seed=0, normalize=False)
+
+
+def test_build_splits_fingerprints_the_parts_and_every_setting():
+    rng = np.random.default_rng(9)
+    x, x_test = rng.normal(size=(30, 2)).astype(np.float32), rng.normal(size=(4, 2)).astype(np.float32)
+    y, y_test = _labels(30, 10), np.array([0, 1, 2, 3])
+    raw = _raw(x, y, x_test, y_test, x_val=x[:5], y_val=y[:5], scale=0.5)
+    splits = build_splits(raw, name="t", val_fraction=0.2, seed=4, normalize=True)
+    arrays = {"x_train": x, "y_train": y, "x_val": x[:5], "y_val": y[:5], "x_test": x_test, "y_test": y_test}
+    extra = "scale=0.5;classes=5;names=('a', 'b', 'c', 'd', 'e')"
+    assert splits.fingerprint == fingerprint("t", arrays, seed=4, val_fraction=0.2, normalize=True, extra=extra)
+
+
+def test_seeds_up_to_two_to_the_32_are_accepted():
+    x = np.zeros((10, 2), dtype=np.float32)
+    y = np.arange(10) % 5
+    build_splits(_raw(x, y, x, y), name="t", val_fraction=0.0, seed=2**32 - 1, normalize=False)
+    with pytest.raises(DataError, match="seed"):
+        build_splits(_raw(x, y, x, y), name="t", val_fraction=0.0, seed=2**32, normalize=False)
+
+
+def test_stratified_split_edges_and_its_reference():
+    from sklearn.model_selection import train_test_split
+
+    from kdlab.data.splits import stratified_split
+
+    y = np.zeros(10, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # stratifiable: no fallback warning
+        keep, held = stratified_split(y, 0.1, 0)  # one row held out
+        assert len(held) == 1 and len(keep) == 9
+        keep, held = stratified_split(y, 0.9, 0)  # one row kept
+        assert len(held) == 9 and len(keep) == 1
+        y2 = np.arange(20) % 2
+        keep, held = stratified_split(y2, 0.3, 5)
+    ref_keep, ref_held = train_test_split(np.arange(20), test_size=6, random_state=5, shuffle=True, stratify=y2)
+    assert held.tolist() == sorted(ref_held.tolist()) and keep.tolist() == sorted(ref_keep.tolist())
+    with pytest.raises(DataError, match="data: cannot carve a split of fraction"):
+        stratified_split(y, 0.99, 0)
+    rare = np.array([0] * 9 + [1])  # a class with one row cannot be stratified
+    with pytest.warns(UserWarning, match="not stratified"):
+        keep, held = stratified_split(rare, 0.2, 3)
+    ref_keep, ref_held = train_test_split(np.arange(10), test_size=2, random_state=3, shuffle=True)
+    assert held.tolist() == sorted(ref_held.tolist())
