@@ -174,3 +174,42 @@ def test_ptloss_setup_selects_on_the_validation_rows_and_reports(task, rows):
     assert method.epsilon is not None and method.selection is not None
     assert reports == [("ptloss_selection", method.selection.to_dict())]
     assert torch.equal(method.epsilon, method.selection.epsilon.float())
+
+
+def _reference_candidates(shape: tuple[int, ...], scale: float, seed: int) -> torch.Tensor:
+    """eps_m uniform in [-scale/m, scale/m], a float64 draw of Generator(seed), row 0 = 0 (the documented recipe)."""
+    u = torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    m = torch.arange(1, shape[-1] + 1, dtype=torch.float64)
+    draws = (u * 2 - 1) * scale / m
+    draws[0] = 0.0
+    return draws
+
+
+def test_epsilon_candidates_follow_the_documented_recipe_and_defaults():
+    from kdlab.methods.selection import sample_epsilons, select_ptloss_epsilon
+
+    assert torch.allclose(sample_epsilons(), _reference_candidates((64, 5), 1.0, 0), rtol=1e-15, atol=0)
+    got = sample_epsilons(3, 2, num_classes=4, scale=0.5, seed=9)
+    assert torch.allclose(got, _reference_candidates((3, 4, 2), 0.5, 9), rtol=1e-15, atol=0)
+    assert sample_epsilons(1, 1).tolist() == [[0.0]]  # one candidate: the unperturbed KD
+    for bad in ({"candidates": 0}, {"order": 0}, {"scale": 0.0}, {"scale": 1.5}):
+        with pytest.raises(ValueError, match="must be"):
+            sample_epsilons(**bad)
+    logits, labels = (
+        torch.randn(8, 3, generator=torch.Generator().manual_seed(1)),
+        torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]),
+    )
+    chosen = select_ptloss_epsilon(logits, labels)
+    assert torch.allclose(chosen.candidates, _reference_candidates((64, 5), 1.0, 0), rtol=1e-15, atol=0)
+    payload = chosen.to_dict()
+    assert list(payload) == ["metric", "temperature", "chosen_index", "epsilon", "candidates"]
+    assert payload["metric"] == "l2" and payload["temperature"] == 1.0 and payload["epsilon"] == chosen.epsilon.tolist()
+    first = payload["candidates"][1]
+    assert first["index"] == 1 and first["epsilon"] == chosen.candidates[1].tolist() and "l2" in first
+
+
+def test_ptloss_method_keeps_a_float32_epsilon_and_describes_it():
+    method = build("ptloss", {"epsilon": [0.123456, -0.5]}, 3)
+    assert method.epsilon.dtype == torch.float32 and method.selection is None and method.num_classes == 3
+    assert method.describe() == "ptloss(alpha=0.1, beta=0.9, T=1.0, eps=[0.1235, -0.5])"
+    assert build("ptloss", {"epsilon": "auto"}, 3).describe() == "ptloss(alpha=0.1, beta=0.9, T=1.0, eps=auto)"
