@@ -213,3 +213,37 @@ def test_ptloss_method_keeps_a_float32_epsilon_and_describes_it():
     assert method.epsilon.dtype == torch.float32 and method.selection is None and method.num_classes == 3
     assert method.describe() == "ptloss(alpha=0.1, beta=0.9, T=1.0, eps=[0.1235, -0.5])"
     assert build("ptloss", {"epsilon": "auto"}, 3).describe() == "ptloss(alpha=0.1, beta=0.9, T=1.0, eps=auto)"
+
+
+def test_proxy_scores_against_hand_values():
+    from kdlab.methods.selection import proxy_scores
+
+    proxy = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0])
+    scores = proxy_scores(proxy, labels)
+    q_y = torch.tensor([0.7, 0.3, 0.5], dtype=torch.float64)
+    l2 = ((proxy**2).sum(1) - 2 * q_y + 1).mean()
+    assert scores["l2"] == pytest.approx(float(l2), abs=1e-15)
+    assert scores["tv"] == pytest.approx(float((1 - q_y).mean()), abs=1e-15)
+    assert scores["nll"] == pytest.approx(float(-q_y.log().mean()), abs=1e-15)
+    assert scores["accuracy"] == pytest.approx(2 / 3, abs=1e-15)  # rows 0 and 2 right, row 1 says class 2
+    assert set(scores) == {"l2", "tv", "nll", "ece", "accuracy"} and 0 <= scores["ece"] <= 1
+
+
+def test_registering_a_method_by_name():
+    from kdlab.methods import base
+
+    class Mine(base.Method):
+        pass
+
+    class Other(base.Method):
+        pass
+
+    try:
+        assert base.register("mutation_test_method")(Mine) is Mine
+        assert Mine.name == "mutation_test_method" and base.get_class("mutation_test_method") is Mine
+        base.register("mutation_test_method")(Mine)  # the same class again is fine
+        with pytest.raises(Exception, match="mutation_test_method"):
+            base.register("mutation_test_method")(Other)
+    finally:
+        base._METHODS.pop("mutation_test_method", None)
