@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from kdlab.engine.supervised import ClassifyStep
+from kdlab.losses import cross_entropy
+from kdlab.methods.base import Method, MethodParams, StepState
 from kdlab.tasks.causal_lm import LMStep
 
 
@@ -40,3 +43,70 @@ def test_lm_batch_counts_the_target_tokens_of_the_whole_window():
     assert batch["num_items"] == 2 * 2 * 4  # a window of 2 micro-batches of 2 blocks
     assert torch.equal(batch["ids"], blocks[[6, 1]]) and torch.equal(batch["targets"], blocks[[6, 1], 1:])
     assert torch.equal(batch["index"], torch.tensor([6, 1]))
+
+
+# ---- the loop itself: windows, progress, what is logged per step and per epoch ----
+
+ROWS, FEATURES, CLASSES, BATCH, ACCUM, SEED = 22, 5, 3, 4, 2, 7  # 5 micro-batches per epoch: windows 2, 2, 1
+
+
+class _Recording(Method):
+    """A cross-entropy method that records the StepState of every micro-batch (not registered)."""
+
+    name = "recording"
+    needs_teacher = False
+
+    def __init__(self) -> None:
+        super().__init__(MethodParams(), CLASSES)
+        self.states: list[StepState] = []
+
+    def compute(self, batch, student, teacher, state):
+        self.states.append(state)
+        return {"ce": cross_entropy(student.logits, batch["y"])}
+
+
+def test_the_loop_logs_window_means_and_progress(tmp_path):
+    from kdlab.config import OptimizerConfig, SchedulerConfig, TrainConfig
+    from kdlab.engine import Splits, fit
+    from kdlab.engine.batches import batch_indices, epoch_permutation
+
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(ROWS + 8, FEATURES, generator=gen), torch.randint(0, CLASSES, (ROWS + 8,), generator=gen)
+    data = Splits(x[:ROWS], y[:ROWS], x[ROWS : ROWS + 4], y[ROWS : ROWS + 4], x[ROWS + 4 :], y[ROWS + 4 :], CLASSES)
+    torch.manual_seed(1)
+    student = torch.nn.Linear(FEATURES, CLASSES)
+    frozen = torch.nn.Linear(FEATURES, CLASSES).double()
+    frozen.load_state_dict(student.state_dict())
+    method, seen = _Recording(), []
+    cfg = TrainConfig(epochs=2, batch_size=BATCH, grad_accum=ACCUM, cpu=True, progress=False, train_eval_size=0)
+    result = fit(
+        student,
+        data,
+        method,
+        cfg,
+        OptimizerConfig(name="sgd", lr=1e-12, momentum=0.0, nesterov=False, weight_decay=0.0),  # weights stay put
+        SchedulerConfig(name="constant"),
+        out_dir=tmp_path / "run",
+        seed=SEED,
+        callbacks=[seen.append],
+    )
+    assert result.steps == 6
+    assert [s.progress for s in method.states] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8])
+    assert [s.step for s in method.states] == [0, 0, 1, 1, 2, 3, 3, 4, 4, 5]
+    assert [(i.epoch, i.step_in_epoch, i.global_step) for i in seen] == [
+        (0, 2, 1),
+        (0, 4, 2),
+        (0, 5, 3),
+        (1, 2, 4),
+        (1, 4, 5),
+        (1, 5, 6),
+    ]
+    for epoch in range(2):  # reference: the float64 cross-entropy of each micro-batch of the unchanged model
+        order = epoch_permutation(ROWS, SEED, epoch)
+        ce = []
+        for step in range(5):
+            rows = batch_indices(order, step, BATCH, 0, 1)
+            ce.append(torch.nn.functional.cross_entropy(frozen(x[rows].double()), y[rows]).item())
+        assert [i.terms["ce"] for i in seen[3 * epoch : 3 * epoch + 3]] == pytest.approx([ce[1], ce[3], ce[4]])
+        assert result.history[epoch]["train/ce"] == pytest.approx(sum(ce) / 5, rel=1e-6)
+        assert result.history[epoch]["step"] == 3 * (epoch + 1)
