@@ -537,3 +537,103 @@ def test_registering_a_loss_by_name():
             registry.register("mutation_test_loss")(Other)
     finally:
         registry._REGISTRY.pop("mutation_test_loss", None)
+
+
+# ---- the kernel's functional form (the compiled path's source) and fused_linear's input checks ----
+
+
+@pytest.mark.parametrize("eps", [None, [0.3, -0.2, 0.1]])
+def test_functional_rows_value_and_gradient_match_autograd(eps):
+    from kdlab.losses._fused import functional_rows, horner_coefficients
+
+    gen = torch.Generator().manual_seed(21)
+    s, t = (
+        torch.randn(4, 5, generator=gen, dtype=torch.float64) * 3,
+        torch.randn(4, 5, generator=gen, dtype=torch.float64),
+    )
+    inv_t = torch.tensor(0.5, dtype=torch.float64)
+    epsilon = None if eps is None else torch.tensor(eps, dtype=torch.float64)
+    r_coef, d_coef = (None, None) if epsilon is None else horner_coefficients(epsilon)
+    value, grad = functional_rows(s, t, inv_t, r_coef, d_coef, need_grad=True)
+    z = (s * 0.5).requires_grad_()
+    log_p, q = torch.log_softmax(z, -1), torch.softmax(t * 0.5, -1)
+    rows = (q * (q.log() - log_p)).sum(-1)
+    if epsilon is not None:
+        u = 1 - log_p.exp()
+        rows = rows + (q * sum(e * u ** (m + 1) for m, e in enumerate(epsilon))).sum(-1)
+    (expected_grad,) = torch.autograd.grad(rows.sum(), z)
+    assert torch.allclose(value, rows.detach(), atol=1e-12) and torch.allclose(grad, expected_grad, atol=1e-12)
+    assert functional_rows(s, t, inv_t, r_coef, d_coef, need_grad=False)[1] is None
+
+
+def test_functional_rows_keep_large_and_far_apart_rows_finite():
+    """Row-wise max shifting: logits of 60 overflow exp in float32 unshifted; a row far below another underflows
+    if shifted by the global maximum."""
+    from kdlab.losses._fused import functional_rows
+
+    s = torch.tensor([[60.0, 59.0, 0.0], [-300.0, -301.0, -299.0]])
+    t = torch.tensor([[59.0, 60.0, 1.0], [-299.0, -300.0, -300.0]])
+    value, grad = functional_rows(s, t, torch.tensor(1.0), None, None, need_grad=True)
+    p, q = torch.softmax(s.double(), -1), torch.softmax(t.double(), -1)
+    assert torch.allclose(value.double(), (q * (q.log() - p.log())).sum(-1), atol=1e-5)
+    assert torch.allclose(grad.double(), p - q, atol=1e-6)
+
+
+def _fld(**kw):
+    from kdlab.losses import fused_linear_distill
+
+    args = {"student_hidden": torch.randn(5, 3), "student_head_weight": torch.randn(6, 3), "teacher": torch.randn(5, 6)}
+    args.update(kw)
+    return fused_linear_distill(
+        args.pop("student_hidden"), args.pop("student_head_weight"), args.pop("teacher"), **args
+    )
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"student_hidden": [1.0]}, r"^student_hidden must be a torch.Tensor of shape \(\.\.\., H\), got list"),
+        ({"student_head_weight": [1.0]}, r"^student_head_weight must be a torch.Tensor of shape \(V, H\), got list"),
+        ({"student_head_weight": torch.ones(6, 3, dtype=torch.int64)}, r"^student_head_weight must be a floating"),
+        ({"student_hidden": torch.ones(5, 3, dtype=torch.int64)}, r"^student_hidden must be a floating"),
+        ({"student_hidden": torch.tensor(1.0)}, r"^student_hidden must be \(\.\.\., H\) and student_head_weight"),
+        ({"student_head_weight": torch.randn(6, 3, 1)}, r"^student_hidden must be \(\.\.\., H\) and student_head"),
+        (
+            {"teacher": ([1.0], torch.randn(6, 4))},
+            r"^teacher hidden states must be a torch.Tensor of shape \(\.\.\., H_t\)",
+        ),
+        ({"teacher": (torch.randn(5, 4), [1.0])}, r"^teacher head weight must be a torch.Tensor of shape \(V, H_t\)"),
+        (
+            {"teacher": (torch.randn(5, 4), torch.ones(6, 4, dtype=torch.int64))},
+            r"^teacher head weight must be a float",
+        ),
+        ({"teacher": (torch.ones(5, 4, dtype=torch.int64), torch.randn(6, 4))}, r"^teacher hidden states must be a f"),
+        ({"teacher": (torch.randn(5, 4), torch.randn(6))}, "do not fit"),
+        ({"teacher": torch.ones(5, 6, dtype=torch.int64)}, r"^teacher logits must be a floating-point tensor"),
+        ({"mask": [True] * 5}, r"mask must be a bool tensor of the token shape \(5,\), got list$"),
+        ({"mask": torch.ones(5, dtype=torch.int64)}, r"got torch.int64 \(5,\)$"),
+        ({"loss": "jsd", "jsd_beta": "x"}, r"^jsd_beta must be a number"),
+        ({"loss": "jsd", "jsd_beta": 0.0}, r"jsd_beta must be in \(0, 1\)"),
+        ({"num_items": -3}, r"^num_items must be a finite number >= 0.0"),
+        ({"num_items": "x"}, r"^num_items must be a number"),
+        ({"ce_weight": -1.0, "labels": torch.zeros(5, dtype=torch.int64)}, r"^ce_weight must be a finite number >= 0"),
+        ({"ce_weight": "x"}, r"^ce_weight must be a number"),
+        ({"chunk_size": True}, "chunk_size must be a positive integer"),
+    ],
+)
+def test_fused_linear_input_errors_say_what_is_wrong(kw, message):
+    with pytest.raises(ValueError, match=message):
+        _fld(**kw)
+
+
+def test_fused_linear_accepts_a_fractional_token_count_and_a_single_token():
+    gen = torch.Generator().manual_seed(22)
+    hidden, weight, teacher = (
+        torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((5, 3), (6, 3), (5, 6))
+    )
+    total = _dense_kd_reference(hidden, weight, teacher) * 5
+    assert torch.allclose(
+        _fld(student_hidden=hidden, student_head_weight=weight, teacher=teacher, num_items=0.5), total / 0.5, atol=1e-10
+    )
+    one = _fld(student_hidden=hidden[0], student_head_weight=weight, teacher=teacher[0])  # (H,): one token
+    assert torch.allclose(one, _dense_kd_reference(hidden[:1], weight, teacher[:1]), atol=1e-12)
