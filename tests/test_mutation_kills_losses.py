@@ -637,3 +637,47 @@ def test_fused_linear_accepts_a_fractional_token_count_and_a_single_token():
     )
     one = _fld(student_hidden=hidden[0], student_head_weight=weight, teacher=teacher[0])  # (H,): one token
     assert torch.allclose(one, _dense_kd_reference(hidden[:1], weight, teacher[:1]), atol=1e-12)
+
+
+def test_fused_linear_ptloss_with_tail_samples_matches_the_documented_estimator():
+    """Bucket PTLoss (no perturbation on the rest bucket) + r · (mean_j −log p̃_j − H(q̃)) + r · mean_j P(1 − p_j)."""
+    from kdlab.losses import fused_linear_distill
+    from kdlab.losses.sparse_teacher import SparseTeacher
+
+    gen = torch.Generator().manual_seed(23)
+    hidden = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    weight = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    indices = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 0]])
+    samples = torch.tensor([[2, 3, 4], [0, 5, 6], [1, 1, 2], [3, 4, 5]])  # outside each row's top k
+    values = torch.randn(4, 2, generator=gen, dtype=torch.float64)
+    log_rest = torch.log(torch.tensor([0.2, 0.05, 0.4, 0.1], dtype=torch.float64))
+    entropy = torch.tensor([1.1, 0.7, 1.3, 0.9], dtype=torch.float64)
+    eps = [0.2, -0.1]
+    sparse = SparseTeacher(values, indices.int(), log_rest, samples.int(), entropy)
+    got = fused_linear_distill(hidden, weight, sparse, loss="ptloss", epsilon=eps)
+
+    def poly(u):
+        return sum(e * u ** (m + 1) for m, e in enumerate(eps))
+
+    p = torch.softmax(hidden @ weight.t(), -1)
+    r = log_rest.exp()
+    q_top = (1 - r)[:, None] * torch.softmax(values, -1)
+    p_top = p.gather(-1, indices)
+    p_rest = 1 - p_top.sum(-1)
+    bucket = (
+        (q_top * (q_top.log() - p_top.log())).sum(-1) + r * (r.log() - p_rest.log()) + (q_top * poly(1 - p_top)).sum(-1)
+    )
+    p_j = p.gather(-1, samples)
+    tail = r * ((-(p_j / p_rest[:, None]).log()).mean(-1) - entropy) + r * poly(1 - p_j).mean(-1)
+    assert torch.allclose(got, (bucket + tail).mean(), atol=1e-12, rtol=1e-12)
+
+
+def test_more_defaults_and_reductions():
+    from kdlab.losses import kd_loss
+    from kdlab.losses.dkd import dkd_terms
+
+    assert torch.allclose(kd_loss(S, T), _ref_kd(4.0).mean(), atol=1e-10)
+    tckd, nckd = dkd_terms(S, T, Y)  # temperature 4 by default, each already times T²
+    assert torch.allclose(tckd, _ref_dkd_rows(S, T, Y, 1.0, 0.0, 4.0), atol=1e-10)
+    assert torch.allclose(nckd, _ref_dkd_rows(S, T, Y, 0.0, 1.0, 4.0), atol=1e-10)
+    assert torch.allclose(DKDLoss(reduction="sum")(S, T, Y), _ref_dkd_rows(S, T, Y, 1.0, 8.0, 4.0).sum(), atol=1e-9)
