@@ -145,7 +145,7 @@ def test_ptloss_selection_uses_the_method_settings():
 
 
 @pytest.mark.parametrize(("task", "rows"), [("classify", None), ("causal_lm", 40)])
-def test_ptloss_setup_selects_on_the_validation_rows_and_reports(task, rows):
+def test_ptloss_setup_selects_on_the_validation_rows_and_reports(task, rows, tmp_path):
     from kdlab.methods.base import SetupContext
 
     gen = torch.Generator().manual_seed(14)
@@ -153,27 +153,27 @@ def test_ptloss_setup_selects_on_the_validation_rows_and_reports(task, rows):
     asked, reports = [], []
 
     def teacher_logits(split, n=None):
-        asked.append((split, n))
+        asked.append(("logits", split, n))
         return logits
+
+    def validation_labels(split, n=None):
+        asked.append(("labels", split, n))
+        return labels
+
+    def write_report(stem, payload, plot):
+        reports.append((stem, payload))
+        plot(tmp_path / f"{stem}.png")
 
     settings = {"epsilon": "auto", "candidates": 4, "order": 2}
     if task == "causal_lm":
         settings["selection_tokens"] = 40
     method = build("ptloss", settings, 3, task=task)
-    ctx = SetupContext(
-        3,
-        "cpu",
-        None,
-        teacher_logits,
-        lambda split, n=None: labels,
-        lambda *a: {},
-        lambda stem, payload, plot: reports.append((stem, payload)),
-    )
-    method.setup(ctx)
-    assert asked == [("val", rows)]
+    method.setup(SetupContext(3, "cpu", None, teacher_logits, validation_labels, lambda *a: {}, write_report))
+    assert asked == [("logits", "val", rows), ("labels", "val", rows)]
     assert method.epsilon is not None and method.selection is not None
     assert reports == [("ptloss_selection", method.selection.to_dict())]
     assert torch.equal(method.epsilon, method.selection.epsilon.float())
+    assert (tmp_path / "ptloss_selection.png").stat().st_size > 0
 
 
 def _reference_candidates(shape: tuple[int, ...], scale: float, seed: int) -> torch.Tensor:
@@ -247,3 +247,34 @@ def test_registering_a_method_by_name():
             base.register("mutation_test_method")(Other)
     finally:
         base._METHODS.pop("mutation_test_method", None)
+
+
+def test_token_distillation_passes_the_batch_settings_to_the_fused_loss():
+    """kd at T = 1 on a sparse teacher with tail samples (they serve kd at T = 1), a custom ignore_index and
+    num_items, against the documented estimator written out here."""
+    gen = torch.Generator().manual_seed(15)
+    hidden, weight = HIDDEN[0], WEIGHT  # 3 tokens
+    indices = torch.tensor([[0, 1], [2, 3], [4, 5]])
+    samples = torch.tensor([[2, 3], [0, 5], [1, 2]])
+    values = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+    log_rest = torch.log(torch.tensor([0.2, 0.1, 0.3], dtype=torch.float64))
+    entropy = torch.tensor([0.6, 0.5, 0.4], dtype=torch.float64)
+    sparse = SparseTeacher(values, indices.int(), log_rest, samples.int(), entropy)
+    method = build("kd", {"alpha": 0.5, "beta": 2.0}, 6, task="causal_lm")
+    targets = torch.tensor([1, -1, 4])  # -1 is this batch's ignore_index
+    batch = {"targets": targets, "ignore_index": -1, "num_items": 4}
+    terms = method.compute(batch, Outputs(hidden=hidden, head_weight=weight), Outputs(sparse=sparse), STATE)
+
+    log_p = torch.log_softmax(hidden @ weight.t(), -1)
+    p = log_p.exp()
+    r = log_rest.exp()
+    q_top = (1 - r)[:, None] * torch.softmax(values, -1)
+    p_top = p.gather(-1, indices)
+    p_rest = 1 - p_top.sum(-1)
+    kd = (q_top * (q_top.log() - p_top.log())).sum(-1) + r * (r.log() - p_rest.log())
+    kd = kd + r * ((-(p.gather(-1, samples) / p_rest[:, None]).log()).mean(-1) - entropy)
+    keep = targets != -1
+    ce = -log_p[keep].gather(-1, targets[keep][:, None]).squeeze(-1)
+    expected = 2.0 * (kd[keep].sum() + 0.5 / 2.0 * ce.sum()) / 4
+    assert list(terms) == ["kd+ce"]
+    assert torch.allclose(terms["kd+ce"], expected, atol=1e-12)
