@@ -278,3 +278,21 @@ def test_token_distillation_passes_the_batch_settings_to_the_fused_loss():
     expected = 2.0 * (kd[keep].sum() + 0.5 / 2.0 * ce.sum()) / 4
     assert list(terms) == ["kd+ce"]
     assert torch.allclose(terms["kd+ce"], expected, atol=1e-12)
+
+
+def test_a_bad_step_schedule_reads_as_one_plain_sentence():
+    from kdlab.methods.schedule import _parse
+
+    with pytest.raises(ValueError) as caught:
+        _parse({"schedule": "step", "milestones": [3], "values": [1.0]})
+    assert (
+        str(caught.value) == "schedule: step needs one more value than milestones (values[0] applies before the first)"
+    )
+
+
+def test_token_ptloss_selects_a_shared_epsilon():
+    gen = torch.Generator().manual_seed(16)
+    logits, labels = torch.randn(30, 6, generator=gen) * 2, torch.randint(0, 6, (30,), generator=gen)
+    method = build("ptloss", {"epsilon": "auto", "candidates": 3, "order": 2}, 6, task="causal_lm")
+    chosen = method.select(logits, labels)
+    assert chosen.candidates.shape == (3, 2) and method.epsilon.shape == (2,)  # no per-class epsilon for tokens
