@@ -110,3 +110,36 @@ def test_the_loop_logs_window_means_and_progress(tmp_path):
         assert [i.terms["ce"] for i in seen[3 * epoch : 3 * epoch + 3]] == pytest.approx([ce[1], ce[3], ce[4]])
         assert result.history[epoch]["train/ce"] == pytest.approx(sum(ce) / 5, rel=1e-6)
         assert result.history[epoch]["step"] == 3 * (epoch + 1)
+
+
+def test_one_micro_batch_per_epoch_trains_and_too_few_rows_is_an_error(tmp_path):
+    from kdlab.config import OptimizerConfig, SchedulerConfig, TrainConfig
+    from kdlab.engine import Splits, fit
+    from kdlab.errors import ConfigError
+
+    x, y = torch.randn(6, FEATURES), torch.tensor([0, 1, 2, 0, 1, 2])
+    data = Splits(x[:4], y[:4], x[4:5], y[4:5], x[5:], y[5:], CLASSES)
+    sgd = OptimizerConfig(name="sgd", lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0)
+    cfg = TrainConfig(epochs=2, batch_size=4, grad_accum=3, cpu=True, progress=False, train_eval_size=0)
+    result = fit(
+        torch.nn.Linear(FEATURES, CLASSES),
+        data,
+        _Recording(),
+        cfg,
+        sgd,
+        SchedulerConfig(name="constant"),
+        out_dir=tmp_path / "one",
+        seed=0,
+    )
+    assert result.steps == 2  # one window of one micro-batch per epoch
+    with pytest.raises(ConfigError, match="exceeds the 4 training rows"):
+        fit(
+            torch.nn.Linear(FEATURES, CLASSES),
+            data,
+            _Recording(),
+            cfg.model_copy(update={"batch_size": 5}),
+            sgd,
+            SchedulerConfig(name="constant"),
+            out_dir=tmp_path / "none",
+            seed=0,
+        )
