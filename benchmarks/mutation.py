@@ -247,9 +247,9 @@ def write_report(runs: dict[str, dict[str, str]]) -> None:
                 survivors.append(f"| `{n}` | {changed_line(name, n)} | {verdict} |")
         killed, equiv, survived, score = _score(statuses, list(statuses), excluded)
         target = f" (target {TARGETS[name]:.0%})" if name in TARGETS else ""
+        left = f", {not_run} not run" if not_run else ""
         rows.append(
-            f"| **{name}** | all | {len(statuses)} | {killed} | {equiv} | {survived} | **{score:.1%}**{target} |"
-            + (f" ({not_run} not run)" if not_run else "")
+            f"| **{name}** | all | {len(statuses)} | {killed} | {equiv} | {survived} | **{score:.1%}**{target}{left} |"
         )
     text = "\n".join(
         [
