@@ -296,3 +296,80 @@ def test_token_ptloss_selects_a_shared_epsilon():
     method = build("ptloss", {"epsilon": "auto", "candidates": 3, "order": 2}, 6, task="causal_lm")
     chosen = method.select(logits, labels)
     assert chosen.candidates.shape == (3, 2) and method.epsilon.shape == (2,)  # no per-class epsilon for tokens
+
+
+# ---- descriptions, CE's parameters, feature methods' modules ----
+
+
+def test_descriptions_and_ce_parameters():
+    assert (
+        build("dkd", {}, 3).describe() == "dkd(ce_weight=1.0, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20.0)"
+    )
+    ce = build("ce", {"label_smoothing": 0.2}, 3)
+    assert ce.describe() == "ce(label_smoothing=0.2)" and build("ce", {}, 6, task="causal_lm").describe() == "ce"
+    logits = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(17))
+    y = torch.tensor([0, 2, 1, 2])
+    log_p = torch.log_softmax(logits, -1)
+    expected = (0.8 * -log_p.gather(1, y[:, None]).squeeze(1) - 0.2 * log_p.mean(-1)).mean()
+    terms = ce.compute({"y": y}, Outputs(logits=logits), None, STATE)
+    assert list(terms) == ["ce"] and torch.allclose(terms["ce"], expected, atol=1e-12)
+    with pytest.raises(Exception, match="label_smoothing"):  # language models take no CE parameters
+        build("ce", {"label_smoothing": 0.1}, 6, task="causal_lm")
+
+
+def _feature_context(student_shape, teacher_shape):
+    from kdlab.methods.base import SetupContext
+
+    def shapes(side, names):
+        return {n: student_shape if side == "student" else teacher_shape for n in names}
+
+    return SetupContext(3, "cpu", None, None, None, shapes, None)
+
+
+def test_align_and_full_precision():
+    from kdlab.methods.features import align, full_precision
+
+    a, b = torch.randn(2, 3), torch.randn(2, 5)
+    assert align(a, b) == (a, b)  # vectors pass unchanged
+    maps, vec = torch.randn(2, 3, 4, 4), torch.randn(2, 3)
+    assert align(maps, vec) == (maps, vec)
+    s, t = align(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 2, 2))
+    assert s.shape == t.shape == (1, 1, 2, 2)
+    assert full_precision(torch.ones(2, dtype=torch.bfloat16)).dtype == torch.float32
+    assert full_precision(torch.ones(2, dtype=torch.float16)).dtype == torch.float32
+
+
+def test_fitnets_regressors_and_hint_against_a_hand_computation():
+    method = build("fitnets", {"student_layer": "a", "teacher_layer": "b", "feature_weight": 2.0, "alpha": 0.0}, 3)
+    assert method.num_classes == 3 and method.modules() == {}
+    with pytest.raises(AssertionError, match="fitnets needs setup"):
+        method.compute({}, Outputs(), Outputs(), STATE)
+    method.setup(_feature_context((4,), (6,)))
+    (regressor,) = method.modules()["regressors"]
+    s, t = torch.randn(5, 4), torch.randn(5, 6)
+    terms = method.compute({}, Outputs(features={"a": s}), Outputs(features={"b": t}), STATE)
+    expected = 2.0 * ((s @ regressor.weight.t() - t) ** 2).mean()
+    assert torch.allclose(terms["hint"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(("hidden", "width"), [(None, 6), (3, 3)])
+def test_vid_heads_and_their_negative_log_likelihood(hidden, width):
+    params = {"student_layer": "a", "teacher_layer": "b", "alpha": 0.0, "init_variance": 2.0}
+    if hidden:
+        params["hidden_channels"] = hidden
+    method = build("vid", params, 3)
+    assert method.num_classes == 3 and method.modules() == {}
+    with pytest.raises(AssertionError, match="vid needs setup"):
+        method.compute({}, Outputs(), Outputs(), STATE)
+    method.setup(_feature_context((4,), (6,)))
+    (head,) = method.modules()["heads"]
+    assert [tuple(m.weight.shape) for m in head.mean if hasattr(m, "weight")] == [
+        (width, 4),
+        (width, width),
+        (6, width),
+    ]
+    s, t = torch.randn(5, 4), torch.randn(5, 6)
+    terms = method.compute({}, Outputs(features={"a": s}), Outputs(features={"b": t}), STATE)
+    mu = head.mean(s)
+    expected = 0.5 * ((t - mu) ** 2 / 2.0 + torch.log(torch.tensor(2.0))).mean()  # σ² starts at init_variance
+    assert torch.allclose(terms["vid"], expected, atol=1e-5)
