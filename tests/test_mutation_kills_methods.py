@@ -373,3 +373,26 @@ def test_vid_heads_and_their_negative_log_likelihood(hidden, width):
     mu = head.mean(s)
     expected = 0.5 * ((t - mu) ** 2 / 2.0 + torch.log(torch.tensor(2.0))).mean()  # σ² starts at init_variance
     assert torch.allclose(terms["vid"], expected, atol=1e-5)
+
+
+def test_feature_pairs_must_be_maps_or_vectors_alike_and_logit_terms_use_the_temperature():
+    from test_mutation_kills_losses import _probs
+
+    from kdlab.errors import ConfigError
+    from kdlab.methods.features import check_pair
+
+    for student_shape, teacher_shape in (((4,), (3, 4, 4)), ((4, 4), (4, 4)), ((2, 3, 4, 4), (2, 3, 4, 4))):
+        with pytest.raises(ConfigError, match="cannot be paired"):
+            check_pair(student_shape, teacher_shape, ("a", "b"))
+    check_pair((4,), (6,), ("a", "b"))
+    check_pair((3, 4, 4), (5, 2, 2), ("a", "b"))
+    method = build(
+        "fitnets", {"student_layer": "a", "teacher_layer": "b", "alpha": 0.5, "beta": 3.0, "temperature": 2.0}, 3
+    )
+    s, t = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])
+    terms = method.logit_terms({"y": y}, Outputs(logits=s), Outputs(logits=t))
+    p_t, p_s = _probs(t, 2.0), _probs(s, 2.0)
+    kd = 4.0 * (p_t * (p_t.log() - p_s.log())).sum(-1).mean()
+    ce = -torch.log_softmax(s, -1).gather(1, y[:, None]).mean()
+    assert torch.allclose(terms["kd"], 3.0 * kd, atol=1e-12) and torch.allclose(terms["ce"], 0.5 * ce, atol=1e-12)
