@@ -93,6 +93,7 @@ def test_the_loop_logs_window_means_and_progress(tmp_path):
     assert result.steps == 6
     assert [s.progress for s in method.states] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8])
     assert [s.step for s in method.states] == [0, 0, 1, 1, 2, 3, 3, 4, 4, 5]
+    assert {(s.epochs, s.epoch) for s in method.states} == {(2, 0), (2, 1)}
     assert [(i.epoch, i.step_in_epoch, i.global_step) for i in seen] == [
         (0, 2, 1),
         (0, 4, 2),
