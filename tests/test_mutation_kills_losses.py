@@ -681,3 +681,16 @@ def test_more_defaults_and_reductions():
     assert torch.allclose(tckd, _ref_dkd_rows(S, T, Y, 1.0, 0.0, 4.0), atol=1e-10)
     assert torch.allclose(nckd, _ref_dkd_rows(S, T, Y, 0.0, 1.0, 4.0), atol=1e-10)
     assert torch.allclose(DKDLoss(reduction="sum")(S, T, Y), _ref_dkd_rows(S, T, Y, 1.0, 8.0, 4.0).sum(), atol=1e-9)
+
+
+def test_proxy_teacher_input_checks():
+    from test_proxy_teacher_bruteforce import closed_form_m1
+
+    from kdlab.losses import proxy_teacher
+
+    eps = torch.tensor([0.3], dtype=torch.float64)
+    row = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)  # one (C,) row is accepted
+    assert torch.allclose(proxy_teacher(row, eps), closed_form_m1(row[None], eps)[0], atol=1e-9)
+    for bad in (torch.tensor([1, 0, 0]), torch.tensor(1.0), [0.5, 0.5]):
+        with pytest.raises(ValueError, match="teacher_probs must"):
+            proxy_teacher(bad, eps)
