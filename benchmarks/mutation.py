@@ -268,7 +268,7 @@ def write_report(runs: dict[str, dict[str, str]]) -> None:
             "| group | command | wall time | load average (1 min) before → after | machine | date |",
             "|---|---|---|---|---|---|",
             *(
-                f"| {g} | `{r['command']}` | {float(r['wall_s']):.0f} s | {r['load_before']} → {r['load_after']} | "
+                f"| {g} | `{r['command']}` | {r['wall_s']} s | {r['load_before']} → {r['load_after']} | "
                 f"{r['machine']} | {r['date']} |"
                 for g, r in runs.items()
             ),
