@@ -63,7 +63,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/peers/run.py
 	$(PY) benchmarks/cost_model.py
 
-# Mutation testing (docs/testing.md): not part of CI; ~30 min on 2 cores for every group. MODULES picks groups
+# Mutation testing (docs/testing.md): not part of CI; tens of minutes on 2 cores (benchmarks/results/mutation.md
+# records each run's wall time and load). MODULES picks groups
 # (losses methods loop splits metrics caches); FRESH=1 forgets earlier mutants and test statistics; SURVIVORS=1
 # reruns only the last run's survivors (after adding a test).
 MUTMUT_SPEC ?= mutmut==3.8.0

@@ -268,8 +268,8 @@ def write_report(runs: dict[str, dict[str, str]]) -> None:
             "| group | command | wall time | load average (1 min) before → after | machine | date |",
             "|---|---|---|---|---|---|",
             *(
-                f"| {g} | `{r['command']}` | {r['wall_s']} s | {r['load_before']} → {r['load_after']} | "
-                f"{r['machine']} | {r['date']} |"
+                f"| {g} | `{r['command']}` | {r['wall_s']}{' s' * r['wall_s'].isdigit()} | "
+                f"{r['load_before']} → {r['load_after']} | {r['machine']} | {r['date']} |"
                 for g, r in runs.items()
             ),
             "",
@@ -325,7 +325,8 @@ def main() -> None:
         wall = time.perf_counter() - start
         if status:
             sys.exit(f"mutmut exited with {status} in group {name}")
-        runs[name + (" (survivors)" if args.survivors else "")] = {
+        key = name + (" (survivors)" if args.survivors else "")
+        record = {
             "command": f"make mutation MODULES={name}" + (" SURVIVORS=1" if args.survivors else ""),
             "wall_s": f"{wall:.0f}",
             "load_before": load_before,
@@ -333,6 +334,8 @@ def main() -> None:
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.children} mutmut workers",
         }
+        # re-read: another group run at the same time may have recorded itself meanwhile
+        runs = {**(json.loads(RUNS.read_text()) if RUNS.exists() else {}), key: record}
         RUNS.write_text(json.dumps(runs, indent=2) + "\n")
     write_report(runs)
 
