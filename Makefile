@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 CONSTRAINTS ?= requirements/constraints-cpu.txt
 STAMP := $(VENV)/.kdlab-installed
 
-.PHONY: install demo test lint format bench bench-quick clean
+.PHONY: install demo test lint format bench bench-quick mutation clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,5 +65,16 @@ bench: $(STAMP)
 	$(PY) benchmarks/peers/run.py
 	$(PY) benchmarks/cost_model.py
 
+# Mutation testing (docs/testing.md): not part of CI; tens of minutes on 2 cores (benchmarks/results/mutation.md
+# records each run's wall time and load). MODULES picks groups
+# (losses methods loop splits metrics caches); FRESH=1 forgets earlier mutants and test statistics; SURVIVORS=1
+# reruns only the last run's survivors (after adding a test).
+MUTMUT_SPEC ?= mutmut==3.8.0
+MODULES ?= losses methods loop splits metrics caches
+mutation: $(STAMP)
+	$(PIP) install --quiet -c $(CONSTRAINTS) "$(MUTMUT_SPEC)"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 $(PY) benchmarks/mutation.py --modules $(MODULES) \
+		$(if $(FRESH),--fresh) $(if $(SURVIVORS),--survivors)
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mutation
