@@ -41,8 +41,9 @@ RUNS = ROOT / "benchmarks" / "results" / "mutation_runs.json"
 # Lines never mutated, in every group: the text of an error or a warning is prose, not behaviour (the condition
 # that raises it is on its own line and is mutated).
 QUIET = [r"^\s*raise ", r"warnings\.warn\("]
-# The loop group mutates only the lines of the normalisation: the accumulation windows and what divides by them.
-NORMALISATION = r"^(?!.*(window|objective|num_items|grad_accum|micro_steps|log_scale|\bsync\b))"
+# The loop group mutates only the lines of the normalisation: the batches of an epoch (the partial last one), the
+# accumulation windows and what divides by them.
+NORMALISATION = r"^(?!.*(window|objective|num_items|grad_accum|micro_steps|log_scale|\bsync\b|\brest\b|sizes|share))"
 SLOW = [  # through mutmut's trampolines torch.compile takes minutes; a subprocess imports the unmutated package
     "--deselect=tests/test_losses_api.py::test_compiled_backend_matches_eager",
     "--deselect=tests/test_lm_cli.py::test_two_processes_train_the_same_lm_as_one",
@@ -94,14 +95,21 @@ GROUPS: dict[str, Group] = {
         ],
     ),
     "loop": Group(
-        ["src/kdlab/engine/loop.py", "src/kdlab/engine/supervised.py", "src/kdlab/tasks/causal_lm.py"],
+        [
+            "src/kdlab/engine/loop.py",
+            "src/kdlab/engine/batches.py",
+            "src/kdlab/engine/supervised.py",
+            "src/kdlab/tasks/causal_lm.py",
+        ],
         [
             "kdlab.engine.loop.x_run_loop__mutmut_*",
+            "kdlab.engine.batches.x_batch_sizes__mutmut_*",
+            "kdlab.engine.batches.x_batch_indices__mutmut_*",
             "kdlab.engine.supervised.xǁClassifyStepǁobjective__mutmut_*",
             "kdlab.tasks.causal_lm.xǁLMStepǁobjective__mutmut_*",
             "kdlab.tasks.causal_lm.xǁLMStepǁbatch__mutmut_*",
         ],
-        ["accumulation_windows", "engine", "engine_pieces", "lm_cli", "mutation_kills_loop"],
+        ["accumulation_windows", "data_options", "engine", "engine_pieces", "lm_cli", "mutation_kills_loop"],
         [NORMALISATION],
     ),
     "splits": Group(
