@@ -113,7 +113,9 @@ GROUPS: dict[str, Group] = {
         [NORMALISATION],
     ),
     "splits": Group(
-        ["src/kdlab/data/splits.py"], ["kdlab.data.splits.*"], ["data_splits", "split_leakage", "mutation_kills_splits"]
+        ["src/kdlab/data/splits.py"],
+        ["kdlab.data.splits.*"],
+        ["data_splits", "split_leakage", "data_options", "mutation_kills_splits"],
     ),
     "metrics": Group(["src/kdlab/eval/metrics.py"], ["kdlab.eval.metrics.*"], ["eval_metrics", "fidelity"]),
     "caches": Group(

@@ -226,3 +226,16 @@ def test_train_threads_sets_and_records_torch_threads(tmp_path):
         }
     )
     assert summary["threads"] == torch.get_num_threads() == 2  # the fixture restores the count afterwards
+
+
+def test_train_statistics_undo_the_datas_own_preprocessing():
+    from kdlab.data.splits import train_statistics
+
+    raw = load_dataset("digits", normalize=False)
+    standardized = load_dataset("digits")
+    pixels = raw.x_train.double().numpy()  # (N, 1, 8, 8), statistics per channel
+    for data in (raw, standardized):  # the same numbers whatever was done to the features
+        mean, std = train_statistics(data)
+        np.testing.assert_allclose(mean.numpy(), [pixels.mean()], rtol=1e-6)
+        np.testing.assert_allclose(std.numpy(), [pixels.std()], rtol=1e-5)
+    torch.testing.assert_close(train_statistics(standardized)[0], standardized.mean)

@@ -155,10 +155,12 @@ def test_unnormalised_statistics_have_the_feature_shape():
     assert per_channel.mean.shape == (2,)
 
 
-def test_one_training_row_is_enough_and_none_is_an_error():
-    x = np.zeros((3, 2), dtype=np.float32)
-    y = np.array([0, 1, 2])
-    assert len(build_splits(_raw(x[:1], y[:1], x, y), name="t", val_fraction=0.0, seed=0, normalize=False).y_train) == 1
+def test_a_training_split_with_every_class_is_enough_and_less_is_an_error():
+    x = np.zeros((5, 2), dtype=np.float32)
+    y = np.arange(5)  # one row per class of _raw's five
+    assert len(build_splits(_raw(x, y, x, y), name="t", val_fraction=0.0, seed=0, normalize=False).y_train) == 5
+    with pytest.raises(DataError, match="single class"):
+        build_splits(_raw(x[:1], y[:1], x, y), name="t", val_fraction=0.0, seed=0, normalize=False)
     with pytest.raises(DataError, match="training split is empty"):
         build_splits(_raw(x[:0], y[:0], x, y), name="t", val_fraction=0.0, seed=0, normalize=False)
 
