@@ -303,7 +303,7 @@ def test_token_ptloss_selects_a_shared_epsilon():
 
 def test_descriptions_and_ce_parameters():
     assert (
-        build("dkd", {}, 3).describe() == "dkd(ce_weight=1.0, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20.0)"
+        build("dkd", {}, 3).describe() == "dkd(ce_weight=1.0, alpha=1.0, beta=1.0, temperature=4.0, warmup_epochs=20.0)"
     )
     ce = build("ce", {"label_smoothing": 0.2}, 3)
     assert ce.describe() == "ce(label_smoothing=0.2)" and build("ce", {}, 6, task="causal_lm").describe() == "ce"
