@@ -28,7 +28,7 @@ from kdlab.errors import ConfigError
 @dataclass
 class TeacherSource:
     model_cfg: ModelConfig
-    weights: Path
+    weights: Path | None  # None: the model loads its own (a pretrained directory in model.kwargs.path)
     directory: Path  # where a logit cache lives by default
     tag: str = ""  # distinguishes the caches of one run's kept epochs ("-epoch3")
     run_config: dict | None = None  # a teacher run's config.yaml, as written (its data split, seed, ...)
@@ -42,14 +42,20 @@ class TeacherSource:
         return [self]
 
     def describe(self) -> str:
-        return f"{self.model_cfg.name} from {self.weights}"
+        return f"{self.model_cfg.name} from {self.weights or self.model_cfg.kwargs.get('path')}"
 
     def fingerprint(self) -> str:
-        """The weights' SHA-256 — and the teacher's declared input, which changes its outputs on the same data."""
+        """The weights' SHA-256 — and the teacher's declared input, which changes its outputs on the same data
+        (for a Hugging Face model: the files of the directories its kwargs name, its tokenizer's among them)."""
         digest = hashlib.sha256()
-        with open(self.weights, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        if self.weights is not None:
+            _hash_file(digest, self.weights)
+        for key in ("path", "tokenizer"):
+            directory = self.model_cfg.kwargs.get(key)
+            if isinstance(directory, str) and Path(directory).is_dir():
+                for file in sorted(p for p in Path(directory).iterdir() if p.is_file()):
+                    digest.update(f"{key}/{file.name}".encode())
+                    _hash_file(digest, file)
         if self.preprocess is None and self.standardize is None:
             return digest.hexdigest()  # as before inputs were declared: old caches stay valid
         declared = self.preprocess.digest() if self.preprocess is not None else f"standardize={self.standardize}"
@@ -70,6 +76,12 @@ class TeacherSource:
         return Preprocess(data.scale, mean, std, data.per_channel, standardize=True)
 
 
+def _hash_file(digest, path: Path) -> None:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
 def resolve_teacher(cfg: TeacherConfig):
     """The teacher's source: a ``TeacherSource``, or an ``EnsembleSource`` of them for ``teacher.ensemble``."""
     if cfg.ensemble is not None:
@@ -88,10 +100,15 @@ def resolve_teacher(cfg: TeacherConfig):
             weights, tag = epoch_weights(run, cfg.checkpoint_epoch, raw), f"-epoch{cfg.checkpoint_epoch}"
         directory = run
         preprocess = load_preprocess(run / PREPROCESS_FILE) if (run / PREPROCESS_FILE).is_file() else None
+    elif cfg.weights is None:  # a pretrained model directory that holds its own weights
+        model_cfg, weights, raw, tag, preprocess = cfg.model, None, None, "", None
+        directory = Path(str(cfg.model.kwargs["path"]))
+        if not directory.is_dir():
+            raise ConfigError(f"teacher model directory not found: {directory}")
     else:
         model_cfg, weights, raw, tag = cfg.model, Path(cfg.weights), None, ""
         directory, preprocess = weights.parent, None
-    if not weights.is_file():
+    if weights is not None and not weights.is_file():
         hint = " (was the teacher run finished, and that epoch kept?)" if cfg.run else ""
         raise ConfigError(f"teacher weights not found: {weights}{hint}")
     return TeacherSource(
@@ -131,6 +148,20 @@ def epoch_weights(run: Path, epoch: int, raw_config: dict) -> Path:
     )
 
 
+def _load_weights(teacher: nn.Module, source: TeacherSource) -> None:
+    try:
+        state = load_file(str(source.weights))
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"teacher weights {source.weights} are unreadable: {err}") from None
+    try:
+        teacher.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(
+            f"teacher weights {source.weights} do not fit model {source.model_cfg.name!r}: {first}"
+        ) from None
+
+
 def load_teacher(source, num_classes: int, in_shape: tuple[int, ...], data=None) -> nn.Module:
     """The teacher in eval mode with gradients off (it is never trained, wrapped by DDP or checkpointed).
 
@@ -143,17 +174,10 @@ def load_teacher(source, num_classes: int, in_shape: tuple[int, ...], data=None)
         members = [load_teacher(member, num_classes, in_shape, data) for member in source.members]
         return EnsembleTeacher(members).eval().requires_grad_(False)
     teacher = models.create(source.model_cfg.name, num_classes, in_shape, **source.model_cfg.kwargs)
-    try:
-        state = load_file(str(source.weights))
-    except (SafetensorError, OSError) as err:
-        raise ConfigError(f"teacher weights {source.weights} are unreadable: {err}") from None
-    try:
-        teacher.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(
-            f"teacher weights {source.weights} do not fit model {source.model_cfg.name!r}: {first}"
-        ) from None
+    if source.weights is not None:
+        _load_weights(teacher, source)
+    if data is not None and hasattr(teacher, "bind_input"):  # a model reading its own columns (text tokenizers)
+        teacher.bind_input(data)
     wanted = source.input_for(data) if data is not None else None
     if wanted is not None:
         try:
