@@ -8,7 +8,26 @@ import csv
 import random
 from pathlib import Path
 
-NEUTRAL = "the a movie film plot actor scene story was is it this and of with very quite rather".split()
+NEUTRAL = [
+    "the",
+    "a",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "scene",
+    "story",
+    "was",
+    "is",
+    "it",
+    "this",
+    "and",
+    "of",
+    "with",
+    "very",
+    "quite",
+    "rather",
+]
 POSITIVE = ["good", "great", "fine", "lovely"]
 NEGATIVE = ["bad", "awful", "poor", "dull"]
 

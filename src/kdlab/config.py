@@ -322,12 +322,10 @@ class TextClassifyConfig(RunBase):
     def _adamw_by_default(cls, raw: Any) -> Any:
         """Transformers are fine-tuned with AdamW: it is this task's default optimizer (lr 5e-5, weight decay
         0.01) where the config names none; SGD stays available by naming it."""
-        if isinstance(raw, dict):
-            train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
-            if raw.get("train") is None or isinstance(raw.get("train"), dict):
-                if "optimizer" not in train:
-                    optimizer = {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01}
-                    raw = {**raw, "train": {**train, "optimizer": optimizer}}
+        train = raw.get("train") if isinstance(raw, dict) else None
+        if isinstance(raw, dict) and (train is None or isinstance(train, dict)) and "optimizer" not in (train or {}):
+            optimizer = {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01}
+            raw = {**raw, "train": {**(train or {}), "optimizer": optimizer}}
         return raw
 
 
