@@ -168,7 +168,7 @@ def test_mismatched_label_sets_are_one_line(world, tmp_path):
     three = classifier_dir(tmp_path / "three", world["roberta"], "roberta", ["neg", "pos", "neutral"])
     cfg = _student(world, "x", {"name": "kd"})
     cfg["teacher"] = {"model": {"name": "hf_text", "kwargs": {"path": str(three)}}}
-    with pytest.raises(ConfigError, match="has 3 labels .*the data has 2"):
+    with pytest.raises(ConfigError, match=r"has 3 labels .*the data has 2"):
         distill(cfg)
     other = classifier_dir(tmp_path / "other", world["roberta"], "roberta", ["bad", "good"])
     cfg["teacher"] = {"model": {"name": "hf_text", "kwargs": {"path": str(other)}}}
@@ -294,3 +294,69 @@ def test_a_datasets_directory_with_an_unlabelled_test_split(world, tmp_path):
     data = load_data(cfg)
     assert len(data.y_test) == 60 and len(data.y_train) + len(data.y_val) == 200  # validation became the test
     assert data.class_names == ("neg", "pos")
+
+
+def test_sequence_trainer_distils_across_tokenizers_with_a_frozen_unsaved_teacher(world, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+
+    from kdlab.hf import PairCollator, SequenceDistillationTrainer, tokenize_pair
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(str(world["teacher"] / "hf"))
+    teacher_tok = AutoTokenizer.from_pretrained(str(world["teacher"] / "hf"))
+    student_tok = AutoTokenizer.from_pretrained(str(world["bert"]))
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("bert", **TINY, vocab_size=len(student_tok), num_labels=2)
+    student = AutoModelForSequenceClassification.from_config(config)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    names = ["neg", "pos"]
+
+    def table(path: Path):
+        frame = datasets.Dataset.from_csv(str(path), cache_dir=str(tmp_path / "hf-cache"))
+        frame = frame.map(lambda r: {"labels": names.index(r["label"])}, remove_columns=["label"])
+        return frame.map(lambda b: tokenize_pair(student_tok, teacher_tok, b["text"]), batched=True).remove_columns(
+            ["text"]
+        )
+
+    train_rows, test_rows = table(world["data"]["train"]), table(world["data"]["test"])
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        num_train_epochs=3,
+        per_device_train_batch_size=32,
+        learning_rate=3e-3,
+        save_strategy="epoch",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+    )
+    trainer = SequenceDistillationTrainer(
+        model=student,
+        args=args,
+        teacher=teacher,
+        teacher_tokenizer=teacher_tok,
+        method={"name": "kd", "temperature": 2.0},
+        train_dataset=train_rows,
+        data_collator=PairCollator(student_tok, teacher_tok),
+    )
+    batch = PairCollator(student_tok, teacher_tok)([train_rows[i] for i in range(8)])
+    with torch.no_grad():  # the loss is kdlab's KD on the two models' logits, computed here by hand
+        loss = trainer.compute_loss(student, dict(batch))
+        s = student(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits.double()
+        t = teacher(
+            input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
+        ).logits.double()
+    log_p, log_q = torch.log_softmax(s / 2, -1), torch.log_softmax(t / 2, -1)
+    kd = 4 * (log_q.exp() * (log_q - log_p)).sum(-1).mean()
+    ce = -torch.log_softmax(s, -1).gather(1, batch["labels"][:, None]).mean()
+    assert float(loss) == pytest.approx(float(0.1 * ce + 0.9 * kd), rel=1e-4)
+    trainer.train()
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    saved = sorted((tmp_path / "out").glob("checkpoint-*/model.safetensors"))
+    assert saved and all(not any("roberta" in k for k in load_file(str(p))) for p in saved)
+    student.eval()
+    collated = PairCollator(student_tok, teacher_tok)([test_rows[i] for i in range(len(test_rows))])
+    with torch.no_grad():
+        logits = student(**{k: collated[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
+    assert float((logits.argmax(-1) == collated["labels"]).float().mean()) >= 0.85
