@@ -360,3 +360,23 @@ def test_sequence_trainer_distils_across_tokenizers_with_a_frozen_unsaved_teache
     with torch.no_grad():
         logits = student(**{k: collated[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
     assert float((logits.argmax(-1) == collated["labels"]).float().mean()) >= 0.85
+
+
+def test_group_by_length_sorts_each_chunk_and_keeps_a_permutation(world, tmp_path):
+    from kdlab.engine.batches import epoch_permutation, group_by_length
+
+    lengths = torch.randint(1, 50, (1000,))
+    perm = epoch_permutation(1000, seed=0, epoch=0)
+    grouped = group_by_length(perm, lengths, batch_size=4, chunk_batches=25)
+    assert sorted(grouped.tolist()) == list(range(1000))
+    for start in range(0, 1000, 100):
+        chunk = lengths[grouped[start : start + 100]]
+        assert torch.equal(chunk, chunk.sort(descending=True).values)
+        assert set(grouped[start : start + 100].tolist()) == set(perm[start : start + 100].tolist())
+    cfg = _student(world, "grouped", {"name": "kd", "temperature": 2.0}, group_by_length=True)
+    cfg["out"] = str(tmp_path / "grouped")
+    assert distill(cfg)["val"]["accuracy"] >= 0.8
+    image = {"out": str(tmp_path / "image"), "data": {"name": "digits"}, "train": {"group_by_length": True}}
+    with pytest.raises(ConfigError, match="group_by_length"):
+        train(image)
+    assert not (tmp_path / "image").exists()

@@ -173,6 +173,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(128, ge=1)
     # False: an epoch's last, partial batch trains too (weighted per row); True: it is skipped
     drop_last: bool = False
+    # text: batches of rows of similar length (less padding), each epoch's order still drawn from (seed, epoch)
+    group_by_length: bool = False
     eval_batch_size: int = Field(1024, ge=1)
     # evaluate validation and train_eval (metrics.jsonl val/*, train_eval/*) after every N-th epoch; the last epoch
     # always. Evaluation is a fixed cost per epoch: on a tiny data set it can take longer than the training pass

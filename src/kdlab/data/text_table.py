@@ -82,6 +82,11 @@ class TextSplits:
     def in_shape(self) -> tuple[int, ...]:
         return (self.x_train.shape[1],)
 
+    @property
+    def lengths(self) -> Tensor:
+        """Tokens per training row (all tokenizers together): what ``train.group_by_length`` sorts by."""
+        return (self.x_train >= 0).sum(1)
+
 
 def _frame_columns(frame) -> dict[str, list]:
     return {str(c): frame[c].tolist() for c in frame.columns}

@@ -206,6 +206,8 @@ def run_classify(
     if not distilling and augment.distill_only:
         raise ConfigError("data.augment.mixup_alpha/noise_std change distillation inputs only: use `kdlab distill`")
     data = load_data(cfg)
+    if cfg.train.group_by_length and getattr(data, "lengths", None) is None:
+        raise ConfigError("train.group_by_length is for inputs of varying length (task: text_classify)")
     method = build_method(method_cfg.name, method_cfg.params(), data.num_classes)
     if student is not None:
         _check_describes(cfg, data, student)
