@@ -414,3 +414,24 @@ def test_two_processes_match_one(world, tmp_path):
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
     assert two["test"]["accuracy"] == one["test"]["accuracy"]
+
+
+def test_a_cache_beside_a_model_directory_teacher_stays_valid(world, tmp_path):
+    """A teacher given as a Hugging Face directory keeps its logit cache in that directory: the cache file must not
+    change the teacher's fingerprint (only its model and tokenizer files do)."""
+    import shutil
+
+    from kdlab.teacher.source import resolve_teacher
+
+    directory = tmp_path / "teacher-hf"
+    shutil.copytree(world["teacher"] / "hf", directory)
+    cfg = _student(world, "from-dir", {"name": "kd", "temperature": 2.0}, epochs=1)
+    cfg["out"] = str(tmp_path / "from-dir")
+    cfg["teacher"] = {"model": {"name": "hf_text", "kwargs": {"path": str(directory)}}}
+    before = resolve_teacher(load_config(cfg).teacher).fingerprint()
+    path = cache_logits(cfg)
+    assert path.parent == directory
+    assert resolve_teacher(load_config(cfg).teacher).fingerprint() == before
+    summary = distill({**cfg, "cache": {"use": "require"}})
+    assert summary["teacher"].startswith("cached logits")
+    assert summary["val"]["agreement"] >= 0.5

@@ -53,7 +53,7 @@ class TeacherSource:
         for key in ("path", "tokenizer"):
             directory = self.model_cfg.kwargs.get(key)
             if isinstance(directory, str) and Path(directory).is_dir():
-                for file in sorted(p for p in Path(directory).iterdir() if p.is_file()):
+                for file in model_files(Path(directory)):
                     digest.update(f"{key}/{file.name}".encode())
                     _hash_file(digest, file)
         if self.preprocess is None and self.standardize is None:
@@ -74,6 +74,16 @@ class TeacherSource:
 
         mean, std = train_statistics(data)
         return Preprocess(data.scale, mean, std, data.per_channel, standardize=True)
+
+
+MODEL_FILE_PATTERNS = ("config.json", "model*.safetensors", "pytorch_model*.bin", "tokenizer*", "vocab*",
+                       "merges.txt", "special_tokens_map.json", "added_tokens.json", "*.model")  # fmt: skip
+
+
+def model_files(directory: Path) -> list[Path]:
+    """The files of a Hugging Face model directory that decide its outputs (not a logit cache kept beside them)."""
+    found = {p for pattern in MODEL_FILE_PATTERNS for p in directory.glob(pattern) if p.is_file()}
+    return sorted(found)
 
 
 def _hash_file(digest, path: Path) -> None:
