@@ -16,7 +16,11 @@ student sees E = 8 epochs of student updates (batch 128, SGD lr 0.05 momentum 0.
         epoch (kt = kg = 3), top-K 3 of 10 classes (10 of 100), budget period 8 cycles (20; ε from 0.6 to 0.4 over
         the run); τ_t 4, τ_s 3.5, weights 0.9 / 0.1, c_max 5, dual variable from 5 (floor 1, ρ 2) as runner.sh.
         2E epochs in all (E student + E guide epochs, the warm-up included), the student from scratch (the authors
-        start from a CE-trained student).
+        start from a CE-trained student);
+  DiSK-rho20   the same with the dual step size ρ = 20: 8 cycles instead of runner.sh's 200 give the dual
+               variable 25x fewer steps, so its step is scaled up 10x;
+  DiSK-sched   the same with runner.sh's own multiplier (multiplier: schedule, a cosine μ from 1 to 5, its
+               period scaled from 50 cycles to the run's 8).
 Test accuracy of the last epoch, mean ± std over seeds, and paired per-seed differences. The plot: the guide's g
 against the hardness h on the 512 logged training rows (seed 0, last epoch) per student.
 Results: benchmarks/results/disk_capacity_fmnist.{json,md,png} (--quick: benchmarks/results/quick/).
@@ -46,7 +50,8 @@ from kdlab.workflow.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
-ROWS = ("CE", "KD", "ESKD", "DiSK")
+ROWS = ("CE", "KD", "ESKD", "DiSK", "DiSK-rho20", "DiSK-sched")
+DISK_ROWS = ROWS[3:]
 STUDENTS = {  # label -> model section; decreasing capacity is read from the parameter counts
     "cnn4": {"name": "cnn", "kwargs": {"width": 4, "blocks": 2}},
     "mlp32": {"name": "mlp", "kwargs": {"hidden": [32]}},
@@ -166,6 +171,11 @@ def main() -> None:
         "KD": [],
         "ESKD": [f"method.kd_until_epoch={epochs // 2}"],
         "DiSK": [f"method={json.dumps(DISK)}", f"train.epochs={2 * epochs}"],
+        "DiSK-rho20": [f"method={json.dumps({**DISK, 'rho': 20.0})}", f"train.epochs={2 * epochs}"],
+        "DiSK-sched": [
+            f"method={json.dumps({**DISK, 'multiplier': 'schedule', 'multiplier_period': 8})}",
+            f"train.epochs={2 * epochs}",
+        ],
     }
     accuracy: dict[str, dict[str, dict[int, float]]] = {r: {s: {} for s in students} for r in ROWS}
     params: dict[str, int] = {}
@@ -177,11 +187,12 @@ def main() -> None:
             label, seed = p.labels["model"], p.values["seed"]
             accuracy[row][label][seed] = p.summary["test_accuracy"]
             params[label] = p.summary["parameters"]
-            if row == "DiSK":
-                traces.setdefault(label, {})[str(seed)] = guide_trace(Path(p.cfg.out))
+            if row in DISK_ROWS:
+                traces.setdefault(row, {}).setdefault(label, {})[str(seed)] = guide_trace(Path(p.cfg.out))
     table = {r: {s: mean_std([accuracy[r][s][k] for k in seeds]) for s in students} for r in ROWS}
     paired = {}
-    for a, b in (("DiSK", "KD"), ("DiSK", "CE"), ("KD", "CE"), ("ESKD", "KD"), ("DiSK", "ESKD")):
+    pairs = [(d, "KD") for d in DISK_ROWS] + [("DiSK", "CE"), ("KD", "CE"), ("ESKD", "KD"), ("DiSK", "ESKD")]
+    for a, b in pairs:
         paired[f"{a} - {b}"] = {
             s: mean_std([(accuracy[a][s][k] - accuracy[b][s][k]) * 100 for k in seeds]) for s in students
         }
@@ -224,7 +235,8 @@ def report(result: dict[str, Any]) -> list[str]:
         f"Machine: {env['machine']}; threads {env['threads']}; 1-min load average at start / end "
         f"{env['load'][0]:.1f} / {env['load'][1]:.1f}  ",
         f"Versions: python {env['python']}, torch {env['torch']}, kdlab {env['kdlab']}; {env['date_utc']} UTC; "
-        f"total {result['total_seconds'] / 60:.1f} min (measured on a loaded, shared machine)  ",
+        f"{result['total_seconds'] / 60:.1f} min in the invocation that wrote this (runs already in runs/ are reused, "
+        "not re-run; measured on a loaded, shared machine)  ",
         f"Teacher: CNN(16, 2 blocks), {result['teacher']['params']:,} params, test accuracy "
         f"{result['teacher']['test_accuracy']:.4f}. Students: {result['epochs']} epochs of student updates "
         f"(DiSK: {2 * result['epochs']} epochs with its guide epochs), seeds {result['seeds']}; KD: T 4, CE 0.1, KD "
@@ -242,37 +254,45 @@ def report(result: dict[str, Any]) -> list[str]:
     for name, by_student in result["paired_points"].items():
         cells = [f"{by_student[s]['mean']:+.2f} ± {by_student[s]['std']:.2f}" for s in order]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "The guide (seed 0; last epoch; 512 logged training rows):", ""]
-    lines += ["| student | Spearman(g, h) | mean g | mean h | constraint c (last guide epoch) | ε | μ |"]
-    lines += ["|---|---:|---:|---:|---:|---:|---:|"]
-    for s in order:
-        trace = result["guide"][s][str(result["seeds"][0])]
-        guide_epochs = [e for e in trace["per_epoch"] if e["phase"] == "guide"]
-        last = guide_epochs[-1]
-        lines.append(
-            f"| {s} | {trace['spearman_g_h']:+.3f} | {statistics.mean(trace['g']):.3f} | "
-            f"{statistics.mean(trace['h']):.3f} | {last['constraint']:.3f} | {last['budget']:.3f} | "
-            f"{last['multiplier']:.3f} |"
-        )
+    lines += [
+        "",
+        "The guide: Spearman(g, h) on the 512 logged training rows in the last epoch (mean ± std over seeds);",
+    ]
+    lines += ["mean g and h and the last guide epoch's constraint c, budget ε and multiplier μ (seed 0):", ""]
+    lines += ["| row | student | Spearman(g, h) | mean g | mean h | c (last guide epoch) | ε | μ | c ≤ ε |"]
+    lines += ["|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for row in DISK_ROWS:
+        for s in order:
+            traces = result["guide"][row][s]
+            rho = mean_std([t["spearman_g_h"] for t in traces.values()])
+            trace = traces[str(result["seeds"][0])]
+            last = [e for e in trace["per_epoch"] if e["phase"] == "guide"][-1]
+            lines.append(
+                f"| {row} | {s} | {rho['mean']:+.3f} ± {rho['std']:.3f} | {statistics.mean(trace['g']):.3f} | "
+                f"{statistics.mean(trace['h']):.3f} | {last['constraint']:.3f} | {last['budget']:.3f} | "
+                f"{last['multiplier']:.2f} | {'yes' if last['constraint'] <= last['budget'] else 'no'} |"
+            )
     return [*lines, "", "## What it shows (computed from the tables above)", "", *findings(result, order)]
 
 
 def findings(result: dict[str, Any], order: list[str]) -> list[str]:
-    diff = result["paired_points"]["DiSK - KD"]
-    shown = ", ".join(f"{s} {diff[s]['mean']:+.2f} ± {diff[s]['std']:.2f}" for s in order)
-    out = [f"- DiSK − KD, points: {shown}."]
-    resolved = [s for s in order if abs(diff[s]["mean"]) > 2 * diff[s]["std"] / max(len(result["seeds"]) ** 0.5, 1)]
-    out.append(f"- Beyond twice the paired standard error: {', '.join(resolved) or 'none'}.")
-    smallest = order[-1]
-    largest_margin = max(order, key=lambda s: diff[s]["mean"])
-    out.append(
-        f"- The largest DiSK − KD margin is for {largest_margin}; the smallest student is {smallest} "
-        f"({'as expected' if largest_margin == smallest else 'not the expected order'})."
-    )
-    rhos = {s: result["guide"][s][str(result["seeds"][0])]["spearman_g_h"] for s in order}
-    out.append(
-        f"- g against h, Spearman: {', '.join(f'{s} {r:+.2f}' for s, r in rhos.items())} (> 0: g higher where h is)."
-    )
+    out = []
+    for row in DISK_ROWS:
+        diff = result["paired_points"][f"{row} - KD"]
+        shown = ", ".join(f"{s} {diff[s]['mean']:+.2f} ± {diff[s]['std']:.2f}" for s in order)
+        se = {s: diff[s]["std"] / max(len(result["seeds"]) ** 0.5, 1) for s in order}
+        resolved = [s for s in order if abs(diff[s]["mean"]) > 2 * se[s]]
+        best = max(order, key=lambda s: diff[s]["mean"])
+        out.append(
+            f"- {row} − KD, points: {shown}; beyond twice the paired standard error: {', '.join(resolved) or 'none'}; "
+            f"largest margin: {best} ({'the smallest student' if best == order[-1] else 'not the smallest student'})."
+        )
+    for row in DISK_ROWS:
+        rhos = {s: statistics.mean(t["spearman_g_h"] for t in result["guide"][row][s].values()) for s in order}
+        out.append(
+            f"- {row}, g against h, mean Spearman over seeds: {', '.join(f'{s} {r:+.2f}' for s, r in rhos.items())} "
+            "(> 0: g higher where h is)."
+        )
     return out
 
 
@@ -284,24 +304,27 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     students = result["students"]
     order = sorted(students, key=lambda s: -students[s]["params"])
-    fig, axes = plt.subplots(1, len(order), figsize=(3.6 * len(order), 3.4), squeeze=False)
-    for ax, s in zip(axes[0], order, strict=True):
-        trace = result["guide"][s][str(result["seeds"][0])]
-        h, g = np.array(trace["h"]), np.array(trace["g"])
-        ax.scatter(h, g, s=6, alpha=0.4)
-        edges = np.quantile(h, np.linspace(0, 1, 9))
-        which = np.clip(np.searchsorted(edges, h, side="right") - 1, 0, 7)
-        centres = [h[which == b].mean() for b in range(8) if (which == b).any()]
-        means = [g[which == b].mean() for b in range(8) if (which == b).any()]
-        ax.plot(centres, means, "r-o", ms=3, label="mean g per h octile")
-        ax.set_title(f"{s} ({students[s]['params']:,} params), ρ={trace['spearman_g_h']:+.2f}", fontsize=9)
-        ax.set_xlabel("hardness h = min(CE(s, argmax t), 5)")
-        ax.set_ylabel("guide g(x)")
-        ax.grid(alpha=0.3)
+    rows = [r for r in DISK_ROWS if r in result["guide"]]
+    fig, axes = plt.subplots(len(rows), len(order), figsize=(3.4 * len(order), 3.0 * len(rows)), squeeze=False)
+    for i, row in enumerate(rows):
+        for ax, s in zip(axes[i], order, strict=True):
+            trace = result["guide"][row][s][str(result["seeds"][0])]
+            h, g = np.array(trace["h"]), np.array(trace["g"])
+            ax.scatter(h, g, s=5, alpha=0.35)
+            edges = np.quantile(h, np.linspace(0, 1, 9))
+            which = np.clip(np.searchsorted(edges, h, side="right") - 1, 0, 7)
+            centres = [h[which == b].mean() for b in range(8) if (which == b).any()]
+            means = [g[which == b].mean() for b in range(8) if (which == b).any()]
+            ax.plot(centres, means, "r-o", ms=3, label="mean g per h octile")
+            ax.set_title(f"{row}: {s} ({students[s]['params']:,} params), ρ={trace['spearman_g_h']:+.2f}", fontsize=8)
+            ax.set_xlabel("hardness h = min(CE(s, argmax t), 5)", fontsize=8)
+            ax.set_ylabel("guide g(x)", fontsize=8)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"DiSK guide against hardness, last epoch, seed {result['seeds'][0]} ({result['data']})", fontsize=10)
     fig.tight_layout()
-    save_png(fig, path, dpi=110)
+    save_png(fig, path, dpi=100)
 
 
 if __name__ == "__main__":
