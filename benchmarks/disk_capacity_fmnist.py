@@ -1,6 +1,6 @@
 """DiSK (scaffolding) against CE, KD and ESKD on Fashion-MNIST, one teacher, students of sharply decreasing capacity.
 
-    python benchmarks/disk_capacity_fmnist.py              # 10k-row subsample, 4 students, 3 seeds (~35 min, 2 cores)
+    python benchmarks/disk_capacity_fmnist.py          # 10k-row subsample, 4 students, 6 rows, 3 seeds (~26 min loaded)
     python benchmarks/disk_capacity_fmnist.py --quick      # digits, 2 students, 1 seed, 2 epochs (checks the script)
     python benchmarks/disk_capacity_fmnist.py --from-json benchmarks/results/disk_capacity_fmnist.json
 
