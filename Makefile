@@ -39,6 +39,7 @@ bench-quick: $(STAMP)
 	$(PY) benchmarks/fidelity_ensemble_fmnist.py --quick
 	$(PY) benchmarks/feature_kd_fmnist.py --quick
 	$(PY) benchmarks/reaugkd_fmnist.py --quick
+	$(PY) benchmarks/disk_capacity_fmnist.py --quick
 	$(PY) benchmarks/compress_fmnist.py --quick
 	$(PY) benchmarks/peers/run.py --quick --allow-loaded --out benchmarks/results/quick/peers
 	$(PY) benchmarks/lm_stdlib.py --study strong --quick
@@ -54,6 +55,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/fidelity_ensemble_fmnist.py
 	$(PY) benchmarks/feature_kd_fmnist.py
 	$(PY) benchmarks/reaugkd_fmnist.py
+	$(PY) benchmarks/disk_capacity_fmnist.py
 	$(PY) benchmarks/lm_loss.py
 	$(PY) benchmarks/lm_stdlib.py
 	$(PY) benchmarks/lm_stdlib.py --study sparse

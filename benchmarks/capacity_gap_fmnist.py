@@ -10,7 +10,9 @@ for a shared 2-core machine), seeds 0..2 (the seed also draws the validation spl
   KD          Hinton KD from the final teacher (T = 2, alpha = beta = 0.5: configs/fashion_mnist/student-mlp-kd.yaml);
   ESKD-1      KD from the teacher's early checkpoint (epoch 2 of 6): an early-stopped teacher;
   ESKD-2      KD until epoch 3 of 6, then CE only (method.kd_until_epoch);
-  TAKD        teacher -> assistant MLP(64) -> student (`kdlab chain`), both KD steps as the KD row.
+  TAKD        teacher -> assistant MLP(64) -> student (`kdlab chain`), both KD steps as the KD row;
+  DiSK        scaffolding (method disk, docs/disk.md): 1 guide warm-up epoch, then 1 student / 1 guide epoch in
+              turn, top-K 3; 2x the epochs so that the student gets the same 6 epochs of updates.
 Runs go through the toolkit's own `sweep` (teachers, KD rows) and `chain` (TAKD); the teacher logits are cached
 once per teacher, checkpoint and seed. Test accuracy is the last epoch's. Results:
 benchmarks/results/capacity_gap_fmnist.{json,md,png} (--quick: benchmarks/results/quick/).
@@ -37,7 +39,7 @@ from kdlab.workflow.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("KD", "ESKD-1", "ESKD-2", "TAKD")
+METHODS = ("KD", "ESKD-1", "ESKD-2", "TAKD", "DiSK")
 
 TEACHERS = {  # label -> model section; increasing capacity
     "mlp128": {"name": "mlp", "kwargs": {"hidden": [128]}},
@@ -49,6 +51,7 @@ QUICK_TEACHERS = {"mlp64": {"name": "mlp", "kwargs": {"hidden": [64]}}, "cnn8": 
 STUDENT = {"name": "mlp", "kwargs": {"hidden": [16]}}
 ASSISTANT = {"name": "mlp", "kwargs": {"hidden": [64]}}
 KD = {"name": "kd", "temperature": 2.0, "alpha": 0.5, "beta": 0.5}
+DISK = {"name": "disk", "warmup_epochs": 1, "student_epochs": 1, "guide_epochs": 1, "top_k": 3}
 
 
 def base_config(data: str, epochs: int) -> dict[str, Any]:
@@ -125,6 +128,7 @@ def main() -> None:
         "KD": [],
         "ESKD-1": [f"teacher.checkpoint_epoch={early}"],
         "ESKD-2": [f"method.kd_until_epoch={kd_until}"],
+        "DiSK": [f"method={json.dumps({**DISK, 'budget_period': epochs})}", f"train.epochs={2 * epochs}"],
     }
     rows: dict[str, dict[str, list[float]]] = {m: {t: [] for t in teachers} for m in METHODS}
     for method, sets in variants.items():
@@ -171,7 +175,13 @@ def main() -> None:
     print("\n".join(lines))
 
 
+def present(result: dict[str, Any]) -> list[str]:
+    """The rows a result holds (one written before DiSK joined the study has no DiSK row)."""
+    return [m for m in METHODS if m in result["students"]]
+
+
 def report(result: dict[str, Any]) -> list[str]:
+    methods = present(result)
     env, teachers, table, ce = result["environment"], result["teachers"], result["students"], result["ce"]
     lines = [
         f"# The capacity gap on {result['data']}: student accuracy against teacher size",
@@ -188,28 +198,29 @@ def report(result: dict[str, Any]) -> list[str]:
         "",
         f"CE-only student (no teacher): **{ce['mean']:.4f} ± {ce['std']:.4f}**",
         "",
-        "| teacher | params | teacher test acc | early val acc | " + " | ".join(METHODS) + " |",
-        "|---|---:|---:|---:|" + "---:|" * len(METHODS),
+        "| teacher | params | teacher test acc | early val acc | " + " | ".join(methods) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(methods),
     ]
     for label, info in teachers.items():
-        cells = [f"{table[m][label]['mean']:.4f} ± {table[m][label]['std']:.4f}" for m in METHODS]
+        cells = [f"{table[m][label]['mean']:.4f} ± {table[m][label]['std']:.4f}" for m in methods]
         lines.append(
             f"| {label} | {info['params']:,} | {info['test_accuracy']:.4f} | {info['early_val_accuracy']:.4f} | "
             + " | ".join(cells)
             + " |"
         )
     lines += ["", "Difference to the CE-only student, points (mean over seeds):", ""]
-    lines += ["| teacher | " + " | ".join(METHODS) + " |", "|---|" + "---:|" * len(METHODS)]
+    lines += ["| teacher | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
     for label in teachers:
-        diffs = [f"{(table[m][label]['mean'] - ce['mean']) * 100:+.2f}" for m in METHODS]
+        diffs = [f"{(table[m][label]['mean'] - ce['mean']) * 100:+.2f}" for m in methods]
         lines.append(f"| {label} | " + " | ".join(diffs) + " |")
     return [*lines, "", "## What it shows (computed from the table above)", "", *findings(result)]
 
 
 def findings(result: dict[str, Any]) -> list[str]:
     """Plain statements: is there a gap (does KD get worse with the most accurate teacher), do the remedies help."""
+    methods = present(result)
     teachers, table, ce = result["teachers"], result["students"], result["ce"]
-    noise = statistics.mean([ce["std"], *(table[m][t]["std"] for m in METHODS for t in teachers)])
+    noise = statistics.mean([ce["std"], *(table[m][t]["std"] for m in methods for t in teachers)])
     kd = table["KD"]
     strongest = max(teachers, key=lambda t: teachers[t]["test_accuracy"])
     best = max(teachers, key=lambda t: kd[t]["mean"])
@@ -236,7 +247,7 @@ def findings(result: dict[str, Any]) -> list[str]:
         )
     kd_vs_ce = [(kd[t]["mean"] - ce["mean"]) * 100 for t in teachers]
     out.append(f"- KD − CE over the teachers: {', '.join(f'{d:+.2f}' for d in kd_vs_ce)} points.")
-    for method in METHODS[1:]:
+    for method in methods[1:]:
         diffs = {t: (table[method][t]["mean"] - kd[t]["mean"]) * 100 for t in teachers}
         shown = ", ".join(f"{t} {d:+.2f}" for t, d in diffs.items())
         verdict = (
@@ -251,6 +262,7 @@ def findings(result: dict[str, Any]) -> list[str]:
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
+    methods = present(result)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -263,7 +275,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ):
         order = sorted(labels, key=lambda t: teachers[t][key])
         xs = [teachers[t][key] for t in order]
-        for method in METHODS:
+        for method in methods:
             ax.errorbar(
                 xs,
                 [table[method][t]["mean"] for t in order],

@@ -16,6 +16,7 @@ from .proxy import proxy_teacher
 from .ptloss import poly1_kd, ptloss
 from .registry import available, get, register
 from .relational import relational_loss, supcon_loss
+from .scaffold import budget_constraint, hardness, hinted_kd_loss, masked_teacher_target, topk_label_mask
 from .sparse_teacher import SparseTeacher, sparse_teacher_from_logits
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Poly1KD",
     "SparseTeacher",
     "available",
+    "budget_constraint",
     "cross_entropy",
     "dkd_loss",
     "dkd_terms",
@@ -35,8 +37,11 @@ __all__ = [
     "fused_linear_distill",
     "get",
     "get_backend",
+    "hardness",
+    "hinted_kd_loss",
     "kd_loss",
     "label_smoothing_kd",
+    "masked_teacher_target",
     "poly1_kd",
     "proxy_teacher",
     "ptloss",
@@ -45,4 +50,5 @@ __all__ = [
     "set_backend",
     "sparse_teacher_from_logits",
     "supcon_loss",
+    "topk_label_mask",
 ]

@@ -168,8 +168,10 @@ class Method:
         ``fingerprints`` of the data and teacher evaluation sees), or None: the student alone predicts."""
         return None
 
-    def current_values(self, state: StepState) -> dict[str, float]:
-        """Hyper-parameters in effect at ``state`` (e.g. scheduled weights); the loop logs them per epoch."""
+    def current_values(self, state: StepState) -> dict[str, Any]:
+        """Hyper-parameters in effect at ``state`` (e.g. scheduled weights) and what the method measured over the
+        epoch; the loop logs them per epoch (``method/<key>`` in metrics.jsonl). Numbers also go to the trackers;
+        strings, lists and dicts (e.g. per-example values of a few rows) go to metrics.jsonl only."""
         return {}
 
     def describe(self) -> str:
