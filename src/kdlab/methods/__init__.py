@@ -1,6 +1,6 @@
 """Distillation methods, registered by name (``method: {name: kd, ...}`` in a config)."""
 
-from . import ce, dkd, fitnets, focal, jsd, kd, label_smoothing, poly1, ptloss, reaugkd, reverse_kl, vid  # noqa: F401
+from . import ce, dkd, fitnets, focal, jsd, kd, label_smoothing, poly1, ptloss, reaugkd, reverse_kl, rid, vid  # noqa: F401
 from .base import (
     Method,
     MethodParams,
