@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kdlab import models
-from kdlab.config import ModelConfig, TeacherConfig
+from kdlab.config import ModelConfig, NuisanceConfig, TeacherConfig
 from kdlab.data.preprocess import (
     PREPROCESS_FILE,
     Preprocess,
@@ -36,12 +36,17 @@ class TeacherSource:
     # (True: this data's standardisation, False: raw features); None: the student's input, whatever it is
     preprocess: Preprocess | None = None
     standardize: bool | None = None
+    nuisance: NuisanceConfig | None = None  # an untrained or noise-carrying teacher (kdlab.teacher.nuisance)
 
     @property
     def members(self) -> list[TeacherSource]:
         return [self]
 
     def describe(self) -> str:
+        if self.nuisance is not None:
+            from .nuisance import describe
+
+            return f"{self.model_cfg.name} from {self.weights}, nuisance: {describe(self.nuisance)}"
         return f"{self.model_cfg.name} from {self.weights}"
 
     def fingerprint(self) -> str:
@@ -50,6 +55,8 @@ class TeacherSource:
         with open(self.weights, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
+        if self.nuisance is not None:  # another teacher: its caches must not be the clean teacher's
+            digest.update(f"nuisance:{self.nuisance.model_dump_json()}".encode())
         if self.preprocess is None and self.standardize is None:
             return digest.hexdigest()  # as before inputs were declared: old caches stay valid
         declared = self.preprocess.digest() if self.preprocess is not None else f"standardize={self.standardize}"
@@ -102,6 +109,7 @@ def resolve_teacher(cfg: TeacherConfig):
         run_config=raw,
         preprocess=preprocess,
         standardize=cfg.standardize,
+        nuisance=cfg.nuisance,
     )
 
 
@@ -142,7 +150,16 @@ def load_teacher(source, num_classes: int, in_shape: tuple[int, ...], data=None)
 
         members = [load_teacher(member, num_classes, in_shape, data) for member in source.members]
         return EnsembleTeacher(members).eval().requires_grad_(False)
-    teacher = models.create(source.model_cfg.name, num_classes, in_shape, **source.model_cfg.kwargs)
+
+    def build() -> nn.Module:
+        return models.create(source.model_cfg.name, num_classes, in_shape, **source.model_cfg.kwargs)
+
+    nuisance = source.nuisance
+    if nuisance is not None and nuisance.kind == "untrained":
+        from .nuisance import untrained
+
+        return _adapted(untrained(build, nuisance.seed), source, in_shape, data)
+    teacher = build()
     try:
         state = load_file(str(source.weights))
     except (SafetensorError, OSError) as err:
@@ -154,6 +171,15 @@ def load_teacher(source, num_classes: int, in_shape: tuple[int, ...], data=None)
         raise ConfigError(
             f"teacher weights {source.weights} do not fit model {source.model_cfg.name!r}: {first}"
         ) from None
+    if nuisance is not None and nuisance.kind == "noise_channels":
+        from .nuisance import NoiseChannels
+
+        teacher.feature_transform = NoiseChannels(nuisance.fraction, nuisance.std)  # read by the feature taps
+    return _adapted(teacher, source, in_shape, data)
+
+
+def _adapted(teacher: nn.Module, source: TeacherSource, in_shape: tuple[int, ...], data) -> nn.Module:
+    """The teacher fed the input it was trained on (an input adapter when ``data`` differs), in eval mode."""
     wanted = source.input_for(data) if data is not None else None
     if wanted is not None:
         try:
