@@ -73,9 +73,9 @@ def min_synergy_distribution(p: np.ndarray, iterations: int = 2000, tol: float =
     py = p.sum(axis=(0, 1))
     q = np.einsum("ty,sy->tsy", a, b) / np.where(py > 0, py, 1.0)  # P(t|y) P(s|y) P(y): feasible
     previous = np.inf
+    u, v = np.ones_like(a), np.ones_like(b)  # Sinkhorn scalings, warm-started across steps (the kernel moves little)
     for _ in range(iterations):
         kernel = q.sum(axis=2)  # Q(t, s): the unnormalised step Q' ∝ Q(t, s) for every y
-        u, v = np.ones_like(a), np.ones_like(b)
         for _ in range(200):  # Sinkhorn: rows to a[:, y], columns to b[:, y], for every y at once
             u = a / np.maximum(np.einsum("ts,sy->ty", kernel, v), _TINY)
             v_new = b / np.maximum(np.einsum("ts,ty->sy", kernel, u), _TINY)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from kdlab.config import RunConfig
+from kdlab.config import RunConfig, TeacherConfig
 from kdlab.engine.supervised import teacher_features
 from kdlab.errors import ConfigError
 from kdlab.teacher.source import load_teacher, resolve_teacher
@@ -41,13 +41,17 @@ def run_pid(
     bootstrap: int = 20,
     rows: int | None = 5000,
     seed: int = 0,
+    layers: tuple[str, str] | None = None,
+    teacher_cfg: TeacherConfig | None = None,
 ) -> dict[str, Any]:
     """Red(Y: T, S), Uni, Syn, I(Y; T, S) (bits, bootstrap percentile intervals) of layer pair ``pair`` on the
-    first ``rows`` rows of ``split``."""
+    first ``rows`` rows of ``split``. ``layers`` (student, teacher) and ``teacher_cfg`` measure a run against
+    another teacher or layer than its own (a CE student against a teacher it never saw)."""
     from kdlab.eval.pid import estimate
 
-    pairs = layer_pairs(cfg)
-    if not pairs:
+    teacher_cfg = teacher_cfg or cfg.teacher
+    pairs = [layers] if layers is not None else layer_pairs(cfg)
+    if not pairs or teacher_cfg is None:
         raise ConfigError(f"{run}: not a feature-distillation run (no student_layer/teacher_layer and teacher)")
     if not 0 <= pair < len(pairs):
         raise ConfigError(f"{run}: layer pair {pair} does not exist ({len(pairs)} pairs)")
@@ -55,7 +59,7 @@ def run_pid(
     data = load_data(cfg, run_preprocess(run))
     x, y = getattr(data, f"x_{split}")[:rows], getattr(data, f"y_{split}")[:rows]
     student = load_run_model(cfg, data, run / "model.safetensors").eval()
-    teacher = load_teacher(resolve_teacher(cfg.teacher), data.num_classes, tuple(data.in_shape), data)
+    teacher = load_teacher(resolve_teacher(teacher_cfg), data.num_classes, tuple(data.in_shape), data)
     batch = cfg.train.eval_batch_size
     s = teacher_features(student, x, (student_layer,), batch, torch.float32)[student_layer]  # any model: a tap
     t = teacher_features(teacher, x, (teacher_layer,), batch, torch.float32)[teacher_layer]
