@@ -65,3 +65,21 @@ def run_pid(
     t = teacher_features(teacher, x, (teacher_layer,), batch, torch.float32)[teacher_layer]
     found = estimate(t.numpy(), s.numpy(), y.numpy(), clusters, components, bootstrap, seed=seed)
     return {"split": split, "student_layer": student_layer, "teacher_layer": teacher_layer, **found.as_dict()}
+
+
+def write_run_pid(run: Path, clusters: int = 8, bootstrap: int = 20) -> str:
+    """``kdlab evaluate RUN --pid``: the PID of the run's first layer pair on test, written to ``RUN/pid.json``;
+    returns one line for the console."""
+    from kdlab.config import load_config
+    from kdlab.io import atomic_write_json
+
+    cfg = load_config(run / "config.yaml")
+    found = run_pid(run, cfg, "test", clusters=clusters, bootstrap=bootstrap)
+    atomic_write_json(run / "pid.json", found)
+    point, low, high = found["point"], found["low"], found["high"]
+    terms = [("Red", "red"), ("Uni(T\\S)", "unique_t"), ("Uni(S\\T)", "unique_s"), ("Syn", "synergy"),
+             ("I(Y;T,S)", "joint")]  # fmt: skip
+    shown = ", ".join(f"{name} {point[k]:.3f} [{low[k]:.3f}, {high[k]:.3f}]" for name, k in terms)
+    return (
+        f"PID (bits, {found['student_layer']} vs teacher {found['teacher_layer']}, test): {shown} -> {run / 'pid.json'}"
+    )
