@@ -83,6 +83,11 @@ class Bench:
             )
         return out
 
+    def val_labels(self):
+        from kdlab.data import load_dataset
+
+        return load_dataset(self.args.data, seed=SPLIT_SEED).y_val
+
     def student(self, teacher: Path, seed: int, tag: str, method: dict) -> dict:
         out = self.runs / teacher.name / f"seed{seed}" / tag
         if (out / "summary.json").exists():
@@ -144,9 +149,7 @@ def run_teacher(bench: Bench, teacher: Path, seed: int, grids: dict) -> dict:
     with safe_open(str(cache), framework="pt") as handle:
         meta = handle.metadata()
     logits = read_cache(cache, meta["data_fingerprint"], meta["teacher_fingerprint"])
-    from kdlab.data import load_dataset
-
-    labels = load_dataset(bench.args.data, seed=SPLIT_SEED).y_val  # the rows the cached "val" logits belong to
+    labels = bench.val_labels()  # the rows the cached "val" logits belong to
     start = time.perf_counter()
     selection = select_ptloss_epsilon(logits["val"], labels, temperature=1.0, candidates=grids["k"], order=5, seed=seed)
     select_seconds = time.perf_counter() - start
@@ -206,6 +209,26 @@ def run_teacher(bench: Bench, teacher: Path, seed: int, grids: dict) -> dict:
     return {"rows": rows, "study": study}
 
 
+def aggregate(per_seed: list[dict], teacher_accuracy: float) -> dict:
+    """One teacher's rows over seeds (mean, std, per seed, choice cost, choices), its rank studies and verdicts."""
+    rows = {}
+    for row in per_seed[0]["rows"]:
+        tests = [p["rows"][row]["test"] for p in per_seed]
+        rows[row] = {
+            "mean": statistics.mean(tests),
+            "std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
+            "per_seed": tests,
+            "choice_seconds": statistics.mean(p["rows"][row]["choice_seconds"] for p in per_seed),
+            "choices": [p["rows"][row].get("choice") for p in per_seed],
+        }
+    return {
+        "teacher": teacher_accuracy,
+        "rows": rows,
+        "studies": [p["study"] for p in per_seed],
+        "verdicts": [verdict(rows, r) for r in PTLOSS_ROWS],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -249,22 +272,7 @@ def main() -> None:
             continue
         teacher = bench.teacher(name, model)
         per_seed = [run_teacher(bench, teacher, seed, grids) for seed in args.seeds]
-        rows = {}
-        for row in per_seed[0]["rows"]:
-            tests = [p["rows"][row]["test"] for p in per_seed]
-            rows[row] = {
-                "mean": statistics.mean(tests),
-                "std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
-                "per_seed": tests,
-                "choice_seconds": statistics.mean(p["rows"][row]["choice_seconds"] for p in per_seed),
-                "choices": [p["rows"][row].get("choice") for p in per_seed],
-            }
-        per_teacher[name] = {
-            "teacher": json.loads((teacher / "summary.json").read_text())["test_accuracy"],
-            "rows": rows,
-            "studies": [p["study"] for p in per_seed],
-            "verdicts": [verdict(rows, r) for r in PTLOSS_ROWS],
-        }
+        per_teacher[name] = aggregate(per_seed, json.loads((teacher / "summary.json").read_text())["test_accuracy"])
         print(f"teacher {name} done", flush=True)
     if len(per_teacher) < len(teachers):
         print("partial run (--teachers): no results written; run without --teachers to collect them")

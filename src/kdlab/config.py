@@ -80,6 +80,22 @@ class TextDataConfig(_Strict):
     block_size: int = Field(128, ge=2)
 
 
+class TextClassifyDataConfig(_Strict):
+    """``task: text_classify``: a table of texts (or text pairs) and labels (``kdlab.data.text_table``)."""
+
+    name: Literal["text"] = "text"
+    path: str  # a .csv/.tsv/.json/.jsonl/.parquet file, or a datasets save_to_disk directory (e.g. GLUE's)
+    val_path: str | None = None
+    test_path: str | None = None
+    text_columns: list[str] | None = Field(None, min_length=1, max_length=2)  # default: found by name
+    label_column: str = "label"
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # carved from train when the source has no validation split
+    test_fraction: float = Field(0.1, ge=0, lt=1)  # carved from train when the source has no (labelled) test
+    split_seed: int | None = None
+    max_length: int = Field(128, ge=2)
+    token_cache: str | None = None  # a directory: each model's tokenisation kept there, keyed by content
+
+
 class ModelConfig(_Strict):
     name: str = "mlp"
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -136,8 +152,14 @@ class TeacherConfig(_Strict):
             if self.run is not None or explicit or self.checkpoint_epoch is not None:
                 raise ValueError("teacher.ensemble lists its members; give no run, model or weights beside it")
             return self
-        if (self.run is not None) == explicit or (explicit and (self.model is None or self.weights is None)):
-            raise ValueError("give either teacher.run, or teacher.model and teacher.weights, or teacher.ensemble")
+        own_weights = self.model is not None and "path" in self.model.kwargs  # a pretrained model directory
+        if (self.run is not None) == explicit or (
+            explicit and (self.model is None or not (self.weights or own_weights))
+        ):
+            raise ValueError(
+                "give either teacher.run, or teacher.model and teacher.weights (or a model whose kwargs.path is a "
+                "pretrained directory), or teacher.ensemble"
+            )
         if self.checkpoint_epoch is not None and self.run is None:
             raise ValueError("teacher.checkpoint_epoch needs teacher.run (a run that kept that epoch)")
         if self.standardize is not None and self.run is not None:
@@ -169,6 +191,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(128, ge=1)
     # False: an epoch's last, partial batch trains too (weighted per row); True: it is skipped
     drop_last: bool = False
+    # text: batches of rows of similar length (less padding), each epoch's order still drawn from (seed, epoch)
+    group_by_length: bool = False
     eval_batch_size: int = Field(1024, ge=1)
     # evaluate validation and train_eval (metrics.jsonl val/*, train_eval/*) after every N-th epoch; the last epoch
     # always. Evaluation is a fixed cost per epoch: on a tiny data set it can take longer than the training pass
@@ -307,7 +331,29 @@ class CausalLMConfig(RunBase):
         return self
 
 
-TASK_CONFIGS: dict[str, type[RunBase]] = {"classify": ClassifyConfig, "causal_lm": CausalLMConfig}
+class TextClassifyConfig(RunBase):
+    """``task: text_classify``: texts → classes with Hugging Face sequence classifiers (``kdlab.tasks.text``)."""
+
+    task: Literal["text_classify"]
+    data: TextClassifyDataConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adamw_by_default(cls, raw: Any) -> Any:
+        """Transformers are fine-tuned with AdamW: it is this task's default optimizer (lr 5e-5, weight decay
+        0.01) where the config names none; SGD stays available by naming it."""
+        train = raw.get("train") if isinstance(raw, dict) else None
+        if isinstance(raw, dict) and (train is None or isinstance(train, dict)) and "optimizer" not in (train or {}):
+            optimizer = {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01}
+            raw = {**raw, "train": {**(train or {}), "optimizer": optimizer}}
+        return raw
+
+
+TASK_CONFIGS: dict[str, type[RunBase]] = {
+    "classify": ClassifyConfig,
+    "causal_lm": CausalLMConfig,
+    "text_classify": TextClassifyConfig,
+}
 
 
 def _task_of(value: Any) -> str | None:
@@ -318,7 +364,9 @@ def _task_of(value: Any) -> str | None:
 # The run configuration: one model per task, chosen by the ``task`` key (default classify); each validates only
 # its own sections, so a causal-LM key in an image config (or the reverse) is an unknown key.
 RunConfig = Annotated[
-    Annotated[ClassifyConfig, Tag("classify")] | Annotated[CausalLMConfig, Tag("causal_lm")],
+    Annotated[ClassifyConfig, Tag("classify")]
+    | Annotated[CausalLMConfig, Tag("causal_lm")]
+    | Annotated[TextClassifyConfig, Tag("text_classify")],
     Discriminator(_task_of),
 ]
 _RUN_CONFIG: TypeAdapter[RunConfig] = TypeAdapter(RunConfig)
@@ -416,11 +464,20 @@ def _absolute_glob(spec: str | list[str] | None) -> str | list[str] | None:
     return _absolute(spec)
 
 
+def _absolute_model(model: ModelConfig) -> ModelConfig:
+    """A model directory given as the name (Hugging Face) or as kwargs.path / kwargs.tokenizer, made absolute."""
+    update: dict[str, Any] = {}
+    if Path(model.name).is_dir():
+        update["name"] = _absolute(model.name)
+    dirs = {k: _absolute(v) for k, v in model.kwargs.items() if k in ("path", "tokenizer") and Path(str(v)).is_dir()}
+    if dirs:
+        update["kwargs"] = {**model.kwargs, **dirs}
+    return model.model_copy(update=update)
+
+
 def _absolute_teacher(teacher: TeacherConfig) -> TeacherConfig:
     members = None if teacher.ensemble is None else [_absolute_teacher(m) for m in teacher.ensemble]
-    model = teacher.model
-    if model is not None and Path(model.name).is_dir():  # a model directory (Hugging Face) rather than a zoo name
-        model = model.model_copy(update={"name": _absolute(model.name)})
+    model = None if teacher.model is None else _absolute_model(teacher.model)
     return teacher.model_copy(
         update={
             "run": _absolute(teacher.run),
@@ -440,12 +497,15 @@ def absolute_paths(cfg: RunBase) -> RunBase:
     }
     if cfg.teacher is not None:
         update["teacher"] = _absolute_teacher(cfg.teacher)
-    if Path(cfg.model.name).is_dir():
-        update["model"] = cfg.model.model_copy(update={"name": _absolute(cfg.model.name)})
+    update["model"] = _absolute_model(cfg.model)
     data = getattr(cfg, "data", None)
     if isinstance(data, DataConfig):
         update["data"] = data.model_copy(
             update={k: _absolute(getattr(data, k)) for k in ("path", "val_path", "test_path")}
+        )
+    elif isinstance(data, TextClassifyDataConfig):
+        update["data"] = data.model_copy(
+            update={k: _absolute(getattr(data, k)) for k in ("path", "val_path", "test_path", "token_cache")}
         )
     elif isinstance(data, TextDataConfig):
         paths = {k: _absolute_glob(getattr(data, k)) for k in ("train", "val", "test")}

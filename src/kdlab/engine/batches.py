@@ -19,6 +19,15 @@ def epoch_permutation(num_rows: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(num_rows, generator=generator)
 
 
+def group_by_length(permutation: Tensor, lengths: Tensor, batch_size: int, chunk_batches: int = 50) -> Tensor:
+    """The permutation with each chunk of ``chunk_batches`` batches sorted by row length, longest first (Hugging
+    Face's ``group_by_length``): a batch then holds rows of similar lengths and pads little. It stays a function of
+    (seed, epoch) alone, so resuming and N processes see the same batches."""
+    chunk = batch_size * chunk_batches
+    pieces = [permutation[i : i + chunk] for i in range(0, len(permutation), chunk)]
+    return torch.cat([p[torch.argsort(lengths[p], descending=True, stable=True)] for p in pieces])
+
+
 def batch_sizes(num_rows: int, batch_size: int, world: int = 1, *, drop_last: bool = False) -> list[int]:
     """The global rows of each micro-batch of an epoch: full batches, then the partial rest unless ``drop_last``.
 

@@ -81,6 +81,14 @@ class TaskStep(Protocol):
     def describe_epoch(self, evaluations: dict[str, dict[str, float]]) -> str: ...
 
 
+def row_lengths(task: TaskStep) -> Tensor:
+    """The training rows' lengths, for ``train.group_by_length`` (a task with inputs of varying length has them)."""
+    lengths = getattr(task, "lengths", None)
+    if lengths is None:
+        raise ConfigError("train.group_by_length is for inputs of varying length (task: text_classify)")
+    return lengths
+
+
 class Trainable(nn.Module):
     """The student and the method's modules as one module: what Accelerate prepares, so DDP averages the
     gradients of both; its forward is the student's. ``state_dict`` of the student alone is what is saved."""
@@ -187,6 +195,8 @@ def run_loop(
         for epoch in range(position.epoch, cfg.epochs):
             model.train()
             permutation = batches.epoch_permutation(task.rows, seed, epoch)
+            if cfg.group_by_length:
+                permutation = batches.group_by_length(permutation, row_lengths(task), cfg.batch_size)
             first = position.step_in_epoch if epoch == position.epoch else 0
             sums: dict[str, float] = {}
             counted = 0  # micro-batches of this epoch trained in this call (a resumed epoch starts later)

@@ -127,6 +127,7 @@ class ClassifyStep:
         self.teacher = None if teacher is None else teacher.to(acc.device).eval().requires_grad_(False)
         self.data = {k: getattr(data, k).to(acc.device) for k in ("x_train", "y_train", "x_val", "y_val", "x_test")}
         self.data["y_test"] = data.y_test.to(acc.device)
+        self.lengths = getattr(data, "lengths", None)  # rows of varying length (text): for train.group_by_length
         cached = dict(cached_logits or {})
         features = cached.pop("features", {})  # teacher features from the cache: {split: {name: tensor}}
         self.cached = {k: v.to(acc.device) for k, v in cached.items()}

@@ -87,6 +87,29 @@ def classification_metrics(
     return out
 
 
+def label_agreement_scores(predicted: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+    """F1 (of class 1 for two classes, as GLUE's MRPC/QQP; macro over classes otherwise) and Matthews correlation
+    (GLUE's CoLA): the scores that stay honest when the classes are imbalanced."""
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    if len(labels) == 0:
+        return {}
+    y, p = labels.numpy(), predicted.numpy()
+    average = "binary" if num_classes == 2 else "macro"
+    return {
+        "f1": float(
+            f1_score(
+                y,
+                p,
+                average=average,
+                labels=list(range(num_classes)) if average == "macro" else None,
+                zero_division=0.0,
+            )
+        ),
+        "mcc": float(matthews_corrcoef(y, p)),
+    }
+
+
 def full_evaluation(
     logits: Tensor,
     labels: Tensor,
@@ -106,6 +129,7 @@ def full_evaluation(
     num_classes = logits.shape[-1]
     out: dict = dict(classification_metrics(logits, labels, teacher_logits, n_bins))
     predicted = logits.argmax(-1)
+    out.update(label_agreement_scores(predicted, labels, num_classes))
     out["reliability"] = reliability_curve(torch.softmax(logits, -1), labels, n_bins)
     out["confusion_labels"] = confusion_matrix(labels, predicted, num_classes)
     if teacher_logits is not None:

@@ -8,6 +8,7 @@ lists hookable intermediate features in ``feature_layers`` (the last one, ``pool
 block, is the penultimate representation); ``FeatureTap`` records them with forward hooks.
 """
 
+from . import hf_text  # noqa: F401  (registers hf_text; transformers is imported only when one is built)
 from ._common import count_parameters
 from .cnn import SmallCNN
 from .mlp import MLP

@@ -28,7 +28,7 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise ConfigError("task: causal_lm needs the hf extra: pip install 'kdlab[hf]'") from None
+        raise ConfigError("Hugging Face models need the hf extra: pip install 'kdlab[hf]'") from None
     preload_torchao()  # transformers imports it with the first model class: without its CPU-machine warnings
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # kdlab draws its own progress bar

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kdlab import models
-from kdlab.config import RunConfig
+from kdlab.config import AugmentConfig, RunConfig
 from kdlab.data.preprocess import PREPROCESS_FILE, Preprocess, load_preprocess
 from kdlab.engine.fit import fit_summary, train_splits
 from kdlab.engine.predict import predict
@@ -48,24 +48,65 @@ from .classify_checks import (
 )
 
 
-def load_data(cfg: RunConfig, stats: Preprocess | None = None):
-    """The config's data; ``stats``: a run's saved preprocessing instead of statistics fitted again."""
-    from kdlab.data import load_dataset
+class ClassifyInputs:
+    """What the classification machinery reads for one task: its data, its student, what a run keeps of its inputs.
 
-    d = cfg.data
-    return load_dataset(
-        d.name,
-        path=d.path,
-        val_fraction=d.val_fraction,
-        seed=split_seed(cfg.seed, d.split_seed),
-        download=d.download,
-        label_column=d.label_column,
-        normalize=d.standardize,
-        val_path=d.val_path,
-        test_path=d.test_path,
-        image_size=d.image_size,
-        stats=stats,
-    )
+    ``task: classify`` reads tensors (``kdlab.data``); ``text_classify`` plugs in tokenised text and Hugging Face
+    models (``kdlab.tasks.text_classify``) and reuses everything else here: the teacher, its cache and checks,
+    the engine's step, evaluation, ``select-ptloss``."""
+
+    def load_data(self, cfg: RunConfig, stats: Preprocess | None = None):
+        """The config's data; ``stats``: a run's saved preprocessing instead of statistics fitted again."""
+        from kdlab.data import load_dataset
+
+        d = cfg.data
+        return load_dataset(
+            d.name,
+            path=d.path,
+            val_fraction=d.val_fraction,
+            seed=split_seed(cfg.seed, d.split_seed),
+            download=d.download,
+            label_column=d.label_column,
+            normalize=d.standardize,
+            val_path=d.val_path,
+            test_path=d.test_path,
+            image_size=d.image_size,
+            stats=stats,
+        )
+
+    def build_student(self, cfg: RunConfig, data) -> nn.Module:
+        return models.create(cfg.model.name, data.num_classes, tuple(data.in_shape), **cfg.model.kwargs)
+
+    def augment(self, cfg: RunConfig) -> AugmentConfig:
+        return cfg.data.augment
+
+    def save_inputs(self, out: Path, data) -> None:
+        data.preprocess.save(out / PREPROCESS_FILE)
+
+    def data_summary(self, cfg: RunConfig, data) -> dict[str, Any]:
+        return {
+            "name": data.name,
+            "path": None if cfg.data.path is None else str(Path(cfg.data.path).absolute()),
+            "fingerprint": data.fingerprint,
+            "standardize": data.standardized,
+            "preprocess_sha256": data.preprocess.digest(),
+            "class_names": list(data.class_names),
+            "train": len(data.y_train),
+            "val": len(data.y_val),
+            "test": len(data.y_test),
+        }
+
+
+INPUTS: dict[str, ClassifyInputs] = {"classify": ClassifyInputs()}  # task name -> its inputs
+
+
+def inputs_of(cfg: RunConfig) -> ClassifyInputs:
+    return INPUTS[cfg.task]
+
+
+def load_data(cfg: RunConfig, stats: Preprocess | None = None):
+    """The config's data (its task's reader); ``stats``: a run's saved preprocessing."""
+    return inputs_of(cfg).load_data(cfg, stats)
 
 
 def run_preprocess(run: Path) -> Preprocess | None:
@@ -107,7 +148,7 @@ def _warn_if_member_overlaps(cfg: RunConfig, source) -> None:
 
 
 def build_student(cfg: RunConfig, data) -> nn.Module:
-    return models.create(cfg.model.name, data.num_classes, tuple(data.in_shape), **cfg.model.kwargs)
+    return inputs_of(cfg).build_student(cfg, data)
 
 
 def teacher_and_cache(
@@ -119,7 +160,7 @@ def teacher_and_cache(
     source = resolve_teacher(cfg.teacher)
     _warn_if_split_overlaps(cfg, source)
     cache_file = _cache_file(cfg, source, data)
-    augmenting = cfg.data.augment.enabled
+    augmenting = inputs_of(cfg).augment(cfg).enabled
     if cfg.cache.use == "require":
         if augmenting:
             raise ConfigError("cache.use=require with data augmentation: cached logits cannot follow augmented inputs")
@@ -161,9 +202,12 @@ def run_classify(
     method_cfg = cfg.method if distilling else cfg.method.model_copy(update={"name": "ce"})
     if not distilling and cfg.method.name != "ce":
         raise ConfigError(f"train uses plain cross-entropy; method {cfg.method.name!r} needs `kdlab distill`")
-    if not distilling and cfg.data.augment.distill_only:
+    augment = inputs_of(cfg).augment(cfg)
+    if not distilling and augment.distill_only:
         raise ConfigError("data.augment.mixup_alpha/noise_std change distillation inputs only: use `kdlab distill`")
     data = load_data(cfg)
+    if cfg.train.group_by_length and getattr(data, "lengths", None) is None:
+        raise ConfigError("train.group_by_length is for inputs of varying length (task: text_classify)")
     method = build_method(method_cfg.name, method_cfg.params(), data.num_classes)
     if student is not None:
         _check_describes(cfg, data, student)
@@ -183,7 +227,7 @@ def run_classify(
     prepare_out(out, resume, overwrite, acc)
     if acc.is_main_process:
         write_config(out, cfg)
-        data.preprocess.save(out / PREPROCESS_FILE)
+        inputs_of(cfg).save_inputs(out, data)
     start_trackers(acc, cfg.tracking, cfg.name, cfg.model_dump(mode="json"))
     result = train_splits(
         student,
@@ -194,7 +238,7 @@ def run_classify(
         seed=cfg.seed,
         teacher=teacher,
         cached_logits=cached,
-        augment_cfg=cfg.data.augment,
+        augment_cfg=augment,
         resume=resume,
         accelerator=acc,
         callbacks=callbacks,
@@ -214,17 +258,7 @@ def run_classify(
         "warnings": [*warned, *health],
         "wall_seconds": time.perf_counter() - wall_start,
         "parameters": models.count_parameters(student),
-        "data": {
-            "name": data.name,
-            "path": None if cfg.data.path is None else str(Path(cfg.data.path).absolute()),
-            "fingerprint": data.fingerprint,
-            "standardize": data.standardized,
-            "preprocess_sha256": data.preprocess.digest(),
-            "class_names": list(data.class_names),
-            "train": len(data.y_train),
-            "val": len(data.y_val),
-            "test": len(data.y_test),
-        },
+        "data": inputs_of(cfg).data_summary(cfg, data),
     }
     write_summary(out, summary, acc)
     return summary

@@ -28,7 +28,7 @@ from kdlab.errors import ConfigError
 @dataclass
 class TeacherSource:
     model_cfg: ModelConfig
-    weights: Path
+    weights: Path | None  # None: the model loads its own (a pretrained directory in model.kwargs.path)
     directory: Path  # where a logit cache lives by default
     tag: str = ""  # distinguishes the caches of one run's kept epochs ("-epoch3")
     run_config: dict | None = None  # a teacher run's config.yaml, as written (its data split, seed, ...)
@@ -43,18 +43,25 @@ class TeacherSource:
         return [self]
 
     def describe(self) -> str:
+        origin = f"{self.model_cfg.name} from {self.weights or self.model_cfg.kwargs.get('path')}"
         if self.nuisance is not None:
             from .nuisance import describe
 
-            return f"{self.model_cfg.name} from {self.weights}, nuisance: {describe(self.nuisance)}"
-        return f"{self.model_cfg.name} from {self.weights}"
+            return f"{origin}, nuisance: {describe(self.nuisance)}"
+        return origin
 
     def fingerprint(self) -> str:
-        """The weights' SHA-256 — and the teacher's declared input, which changes its outputs on the same data."""
+        """The weights' SHA-256 — and the teacher's declared input, which changes its outputs on the same data
+        (for a Hugging Face model: the files of the directories its kwargs name, its tokenizer's among them)."""
         digest = hashlib.sha256()
-        with open(self.weights, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        if self.weights is not None:
+            _hash_file(digest, self.weights)
+        for key in ("path", "tokenizer"):
+            directory = self.model_cfg.kwargs.get(key)
+            if isinstance(directory, str) and Path(directory).is_dir():
+                for file in sorted(p for p in Path(directory).iterdir() if p.is_file()):
+                    digest.update(f"{key}/{file.name}".encode())
+                    _hash_file(digest, file)
         if self.nuisance is not None:  # another teacher: its caches must not be the clean teacher's
             digest.update(f"nuisance:{self.nuisance.model_dump_json()}".encode())
         if self.preprocess is None and self.standardize is None:
@@ -77,6 +84,12 @@ class TeacherSource:
         return Preprocess(data.scale, mean, std, data.per_channel, standardize=True)
 
 
+def _hash_file(digest, path: Path) -> None:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
 def resolve_teacher(cfg: TeacherConfig):
     """The teacher's source: a ``TeacherSource``, or an ``EnsembleSource`` of them for ``teacher.ensemble``."""
     if cfg.ensemble is not None:
@@ -95,10 +108,15 @@ def resolve_teacher(cfg: TeacherConfig):
             weights, tag = epoch_weights(run, cfg.checkpoint_epoch, raw), f"-epoch{cfg.checkpoint_epoch}"
         directory = run
         preprocess = load_preprocess(run / PREPROCESS_FILE) if (run / PREPROCESS_FILE).is_file() else None
+    elif cfg.weights is None:  # a pretrained model directory that holds its own weights
+        model_cfg, weights, raw, tag, preprocess = cfg.model, None, None, "", None
+        directory = Path(str(cfg.model.kwargs["path"]))
+        if not directory.is_dir():
+            raise ConfigError(f"teacher model directory not found: {directory}")
     else:
         model_cfg, weights, raw, tag = cfg.model, Path(cfg.weights), None, ""
         directory, preprocess = weights.parent, None
-    if not weights.is_file():
+    if weights is not None and not weights.is_file():
         hint = " (was the teacher run finished, and that epoch kept?)" if cfg.run else ""
         raise ConfigError(f"teacher weights not found: {weights}{hint}")
     return TeacherSource(
@@ -139,6 +157,20 @@ def epoch_weights(run: Path, epoch: int, raw_config: dict) -> Path:
     )
 
 
+def _load_weights(teacher: nn.Module, source: TeacherSource) -> None:
+    try:
+        state = load_file(str(source.weights))
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"teacher weights {source.weights} are unreadable: {err}") from None
+    try:
+        teacher.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(
+            f"teacher weights {source.weights} do not fit model {source.model_cfg.name!r}: {first}"
+        ) from None
+
+
 def load_teacher(source, num_classes: int, in_shape: tuple[int, ...], data=None) -> nn.Module:
     """The teacher in eval mode with gradients off (it is never trained, wrapped by DDP or checkpointed).
 
@@ -158,28 +190,17 @@ def load_teacher(source, num_classes: int, in_shape: tuple[int, ...], data=None)
     if nuisance is not None and nuisance.kind == "untrained":
         from .nuisance import untrained
 
-        return _adapted(untrained(build, nuisance.seed), source, in_shape, data)
-    teacher = build()
-    try:
-        state = load_file(str(source.weights))
-    except (SafetensorError, OSError) as err:
-        raise ConfigError(f"teacher weights {source.weights} are unreadable: {err}") from None
-    try:
-        teacher.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(
-            f"teacher weights {source.weights} do not fit model {source.model_cfg.name!r}: {first}"
-        ) from None
+        teacher = untrained(build, nuisance.seed)
+    else:
+        teacher = build()
+        if source.weights is not None:
+            _load_weights(teacher, source)
     if nuisance is not None and nuisance.kind == "noise_channels":
         from .nuisance import NoiseChannels
 
         teacher.feature_transform = NoiseChannels(nuisance.fraction, nuisance.std)  # read by the feature taps
-    return _adapted(teacher, source, in_shape, data)
-
-
-def _adapted(teacher: nn.Module, source: TeacherSource, in_shape: tuple[int, ...], data) -> nn.Module:
-    """The teacher fed the input it was trained on (an input adapter when ``data`` differs), in eval mode."""
+    if data is not None and hasattr(teacher, "bind_input"):  # a model reading its own columns (text tokenizers)
+        teacher.bind_input(data)
     wanted = source.input_for(data) if data is not None else None
     if wanted is not None:
         try:
