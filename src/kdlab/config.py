@@ -101,6 +101,23 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class NuisanceConfig(_Strict):
+    """A nuisance teacher for robustness experiments (RID, docs/rid.md): ``untrained`` (the same network, weights
+    initialised from ``seed`` instead of loaded) or ``noise_channels`` (the last ``fraction`` of the channels of every
+    teacher feature a method taps replaced by N(0, std²) noise; its logits stay clean). ``nuisance: untrained``
+    is short for ``{kind: untrained}``."""
+
+    kind: Literal["untrained", "noise_channels"]
+    fraction: float = Field(0.5, gt=0, le=1)
+    std: float = Field(1.0, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+
 class TeacherConfig(_Strict):
     """A finished run directory (``run``), a model definition plus a safetensors file (``weights``), or an
     ``ensemble`` of such teachers (its logits: the log of the members' mean probability)."""
@@ -126,6 +143,7 @@ class TeacherConfig(_Strict):
     # with any switch above on, the fast teacher's top-1 must agree with the exact fp32 teacher's on this share of
     # the validation rows (checked before training; agreement and KD loss between them go to summary.json)
     min_agreement: float = Field(0.99, ge=0, le=1)
+    nuisance: NuisanceConfig | None = None  # an untrained or noise-carrying teacher, fingerprinted in its caches
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:

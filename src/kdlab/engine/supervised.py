@@ -77,8 +77,9 @@ def tap(model: nn.Module, names: tuple[str, ...], detach: bool) -> FeatureTap | 
     if not names:
         return None
     inner = model.teacher if isinstance(model, FastTeacher) else model
+    transform = getattr(inner, "feature_transform", None)  # a nuisance teacher's noise (kdlab.teacher.nuisance)
     try:
-        return FeatureTap(inner, names, detach=detach)
+        return FeatureTap(inner, names, detach=detach, transform=transform)
     except ValueError as err:
         raise ConfigError(f"config: method layer names: {err}") from None
 

@@ -1,6 +1,21 @@
 """Distillation methods, registered by name (``method: {name: kd, ...}`` in a config)."""
 
-from . import ce, disk, dkd, fitnets, focal, jsd, kd, label_smoothing, poly1, ptloss, reaugkd, reverse_kl, vid  # noqa: F401
+from . import (  # noqa: F401  (registration)
+    ce,
+    disk,
+    dkd,
+    fitnets,
+    focal,
+    jsd,
+    kd,
+    label_smoothing,
+    poly1,
+    ptloss,
+    reaugkd,
+    reverse_kl,
+    rid,
+    vid,
+)
 from .base import (
     Method,
     MethodParams,

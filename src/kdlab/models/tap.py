@@ -7,7 +7,7 @@ submodules are named ``module.<name>``: either spelling is accepted.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -36,16 +36,24 @@ class FeatureTap:
     ``features`` maps each requested name (as given) to the output of that module's latest call; it is
     overwritten by the next forward and kept after the hooks are removed. With ``detach=False`` (default)
     features stay in the autograd graph, so feature losses backpropagate into the model; ``detach=True``
-    suits a frozen teacher. Use it as a context manager, or call ``remove()`` when done.
+    suits a frozen teacher. ``transform`` (a tensor → tensor callable) changes what is recorded, not what the
+    model computes next (a nuisance teacher's noise channels). Use it as a context manager, or call ``remove()``.
     """
 
-    def __init__(self, model: nn.Module, names: str | Iterable[str], detach: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        names: str | Iterable[str],
+        detach: bool = False,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         names = [names] if isinstance(names, str) else list(names)
         if not names:
             raise ValueError("FeatureTap needs at least one submodule name")
         self.model = model
         self.names: tuple[str, ...] = tuple(dict.fromkeys(names))
         self.detach = detach
+        self.transform = transform
         self.features: dict[str, Any] = {}
         modules = {name: resolve_submodule(model, name) for name in self.names}
         self._handles: list[RemovableHandle] = [
@@ -54,7 +62,10 @@ class FeatureTap:
 
     def _recorder(self, name: str) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            self.features[name] = _detached(output) if self.detach else output
+            value = _detached(output) if self.detach else output
+            if self.transform is not None and isinstance(value, torch.Tensor):
+                value = self.transform(value)
+            self.features[name] = value
 
         return hook
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kdlab import models
-from kdlab.config import ModelConfig, TeacherConfig
+from kdlab.config import ModelConfig, NuisanceConfig, TeacherConfig
 from kdlab.data.preprocess import (
     PREPROCESS_FILE,
     Preprocess,
@@ -36,13 +36,19 @@ class TeacherSource:
     # (True: this data's standardisation, False: raw features); None: the student's input, whatever it is
     preprocess: Preprocess | None = None
     standardize: bool | None = None
+    nuisance: NuisanceConfig | None = None  # an untrained or noise-carrying teacher (kdlab.teacher.nuisance)
 
     @property
     def members(self) -> list[TeacherSource]:
         return [self]
 
     def describe(self) -> str:
-        return f"{self.model_cfg.name} from {self.weights or self.model_cfg.kwargs.get('path')}"
+        origin = f"{self.model_cfg.name} from {self.weights or self.model_cfg.kwargs.get('path')}"
+        if self.nuisance is not None:
+            from .nuisance import describe
+
+            return f"{origin}, nuisance: {describe(self.nuisance)}"
+        return origin
 
     def fingerprint(self) -> str:
         """The weights' SHA-256 — and the teacher's declared input, which changes its outputs on the same data
@@ -56,6 +62,8 @@ class TeacherSource:
                 for file in model_files(Path(directory)):
                     digest.update(f"{key}/{file.name}".encode())
                     _hash_file(digest, file)
+        if self.nuisance is not None:  # another teacher: its caches must not be the clean teacher's
+            digest.update(f"nuisance:{self.nuisance.model_dump_json()}".encode())
         if self.preprocess is None and self.standardize is None:
             return digest.hexdigest()  # as before inputs were declared: old caches stay valid
         declared = self.preprocess.digest() if self.preprocess is not None else f"standardize={self.standardize}"
@@ -129,6 +137,7 @@ def resolve_teacher(cfg: TeacherConfig):
         run_config=raw,
         preprocess=preprocess,
         standardize=cfg.standardize,
+        nuisance=cfg.nuisance,
     )
 
 
@@ -183,9 +192,23 @@ def load_teacher(source, num_classes: int, in_shape: tuple[int, ...], data=None)
 
         members = [load_teacher(member, num_classes, in_shape, data) for member in source.members]
         return EnsembleTeacher(members).eval().requires_grad_(False)
-    teacher = models.create(source.model_cfg.name, num_classes, in_shape, **source.model_cfg.kwargs)
-    if source.weights is not None:
-        _load_weights(teacher, source)
+
+    def build() -> nn.Module:
+        return models.create(source.model_cfg.name, num_classes, in_shape, **source.model_cfg.kwargs)
+
+    nuisance = source.nuisance
+    if nuisance is not None and nuisance.kind == "untrained":
+        from .nuisance import untrained
+
+        teacher = untrained(build, nuisance.seed)
+    else:
+        teacher = build()
+        if source.weights is not None:
+            _load_weights(teacher, source)
+    if nuisance is not None and nuisance.kind == "noise_channels":
+        from .nuisance import NoiseChannels
+
+        teacher.feature_transform = NoiseChannels(nuisance.fraction, nuisance.std)  # read by the feature taps
     if data is not None and hasattr(teacher, "bind_input"):  # a model reading its own columns (text tokenizers)
         teacher.bind_input(data)
     wanted = source.input_for(data) if data is not None else None
