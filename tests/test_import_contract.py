@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "compress": {"errors", "config", "io", "quiet", "eval", "models", "data", "methods", "engine", "tasks", "api"},
     "hf": {"errors", "config", "quiet", "losses", "methods", "teacher"},
     "demo": {"errors", "losses", "methods", "api"},
-    "cli": {"errors", "config", "losses", "eval", "methods", "engine", "tasks", "api", "workflow", "compress", "demo", "rl"},
+    "cli": {"errors", "config", "losses", "eval", "methods", "engine", "tasks", "api", "workflow", "compress", "demo"},
     "__init__": {"api"},
 }
 

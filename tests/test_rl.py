@@ -182,15 +182,15 @@ def test_resume_continues_the_same_learning_curve(tmp_path):
     base["rl"]["ppo"]["n_steps"] = 64
     full = run_rl(load_config(base), distilling=True, resume=False, overwrite=False)
 
-    class Stop(Exception):
+    class StopError(Exception):
         pass
 
     def stop(info):
         if info["round"] == 3:  # after the checkpoint of round 2; round 3's lines must be dropped and redone
-            raise Stop
+            raise StopError
 
     cut = load_config({**base, "out": str(tmp_path / "cut")})
-    with pytest.raises(Stop):
+    with pytest.raises(StopError):
         run_rl(cut, distilling=True, resume=False, overwrite=False, callbacks=[stop])
     assert not (tmp_path / "cut" / "summary.json").exists()
     resumed = run(cut, resume=True)
@@ -262,7 +262,7 @@ def test_commands_and_bad_inputs(tmp_path):
     with pytest.raises(ConfigError, match="cannot make 'NoSuchEnv-v9'"):
         run(_config(tmp_path, "bad", env={"id": "NoSuchEnv-v9"}))
     assert not (tmp_path / "bad").exists()
-    with pytest.raises(ConfigError, match="needs teacher.run"):
+    with pytest.raises(ConfigError, match=r"needs teacher\.run"):
         run(_config(tmp_path, "noteacher", mode="distill"))
     from kdlab.eval.report import write_report
 

@@ -181,9 +181,9 @@ def _train_or_distill(
 @app.command("rl")
 def rl_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool = RESUME, overwrite: bool = OVERWRITE):
     """Reinforcement learning (task: rl): one PPO learner, dual policy distillation, or policy distillation."""
-    from kdlab import rl
+    from kdlab.tasks.rl import run_config
 
-    summary = rl.run(config, set_, resume=resume, overwrite=overwrite)
+    summary = run_config(config, set_, resume=resume, overwrite=overwrite)
     _print_task_line(summary)
 
 

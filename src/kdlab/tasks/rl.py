@@ -24,6 +24,11 @@ def _rl():
     return kdlab.rl
 
 
+def run_config(config: Any, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False):
+    """``kdlab rl CONFIG``: any ``rl.mode`` (``kdlab.rl.run``)."""
+    return _rl().run(config, overrides, resume=resume, overwrite=overwrite)
+
+
 @register
 class RLTask(Task):
     name = "rl"
