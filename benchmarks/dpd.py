@@ -13,9 +13,9 @@ Arms (every run through ``kdlab.rl.run``, the same code as ``kdlab rl``), each a
 A DPD arm's numbers are the mean of its two learners (x axis of the curves: the run's total steps).
 Budgets: CartPole-v1 12,288 and Acrobot-v1 16,384 environment steps per run (sized for a shared 2-core
 machine; the paper uses 100k-20M). PPO: n_steps 256, batch 64, 5 epochs, lr 3e-4, 64x64 actor and critic.
-DPD: one distillation after every update of a learner (every: 1), 10 imitation steps on 256 states of the
-peer's memory: more imitation than the authors' code (1 step every 5 updates), whose effect at this budget
-would be too small to see.
+DPD: one imitation step on 256 states of the peer's memory after every update of a learner (every: 1, steps:
+1) — five times the authors' rate (1 step every 5 updates), whose effect at this budget would be too small to
+see; 10 steps per update (a third of all gradient steps) held DPD far below one learner in a first run.
 Final return: 10 deterministic evaluation episodes; AUC: mean rolling (10-episode) training return over the
 budget. Distillation: a teacher trained once (single PPO learner, 40,960 steps, seed 100) → a [30, 30]
 student (4.0x fewer actor parameters) on the teacher's states and on the student's own (DAgger), 5,120
@@ -49,7 +49,7 @@ ARMS = {
     "soft": {"mode": "dpd", "dpd": {"weighting": "soft"}},
     "reversed": {"mode": "dpd", "dpd": {"weighting": "soft", "reversed": True}},
 }
-DPD = {"every": 1, "steps": 10, "batch": 256, "beta": 0.5}
+DPD = {"every": 1, "steps": 1, "batch": 256, "beta": 0.5}
 PPO = {"n_steps": 256, "batch_size": 64, "n_epochs": 5, "lr": 3e-4}
 BUDGET = {"CartPole-v1": 12_288, "Acrobot-v1": 16_384}  # sized for a shared 2-core machine (load avg ~8)
 STUDENT = [30, 30]
