@@ -264,7 +264,13 @@ def test_commands_and_bad_inputs(tmp_path):
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ConfigError, match=r"needs teacher\.run"):
         run(_config(tmp_path, "noteacher", mode="distill"))
+    from kdlab.api import evaluate
     from kdlab.eval.report import write_report
+
+    assert (
+        evaluate(tmp_path / "cli")["test"]["return"]
+        == json.loads((tmp_path / "cli" / "summary.json").read_text())["final_return"]
+    )
 
     html = write_report([tmp_path / "cli"], tmp_path / "report.html").read_text()
     assert "returns of" in html and "test return" in html

@@ -83,6 +83,8 @@ def _check_mode(cfg: RunConfig, distilling: bool) -> None:
         raise ConfigError("kdlab distill with task: rl needs rl.mode: dpd or distill (one learner is kdlab train)")
     if not distilling and mode == "distill":
         raise ConfigError("rl.mode: distill distils teacher.run's policy: use kdlab distill or kdlab rl")
+    if cfg.tracking.tensorboard or cfg.tracking.mlflow:
+        raise ConfigError("tracking: task: rl logs to metrics.jsonl only (kdlab report draws its curves)")
     if (mode == "distill") != (cfg.teacher is not None):
         raise ConfigError("rl.mode: distill needs teacher.run (a finished task: rl run); other modes take no teacher")
 
@@ -99,7 +101,8 @@ def describe(cfg: RunConfig) -> str:
 
 
 def run_rl(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, callbacks=None) -> dict[str, Any]:
-    """One ``task: rl`` run; returns its summary (also written to ``<out>/summary.json``)."""
+    """One ``task: rl`` run; returns its summary (also written to ``<out>/summary.json``). ``callbacks``:
+    callables receiving ``{"round", "env_steps"}`` after every round (before its checkpoint)."""
     wall_start = time.perf_counter()
     _check_mode(cfg, distilling)
     section, out = cfg.rl, Path(cfg.out)
