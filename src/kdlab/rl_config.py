@@ -62,7 +62,7 @@ class DPDConfig(_Strict):
     @model_validator(mode="after")
     def _bounds(self) -> DPDConfig:
         if self.w_min > self.w_max:
-            raise ValueError(f"rl.dpd.w_min ({self.w_min}) must not exceed rl.dpd.w_max ({self.w_max})")
+            raise ValueError(f"w_min ({self.w_min}) must not exceed w_max ({self.w_max})")
         return self
 
 
@@ -113,11 +113,11 @@ class RLSection(_Strict):
         """The budget must split into whole rounds: no learner may take a step more than ``total_steps`` allows,
         and a dpd run must spend exactly what a single learner with the same ``total_steps`` spends."""
         if self.total_steps % self.round_steps:
-            what = "rl.distill.rollout_steps" if self.mode == "distill" else "rl.ppo.n_steps"
+            what = "distill.rollout_steps" if self.mode == "distill" else "ppo.n_steps"
             raise ValueError(
-                f"rl.total_steps ({self.total_steps}) must be a multiple of {self.learners} learner(s) x {what} "
+                f"total_steps ({self.total_steps}) must be a multiple of {self.learners} learner(s) x {what} "
                 f"= {self.round_steps}, so that every learner spends exactly its share of the budget"
             )
         if self.mode != "distill" and self.ppo.batch_size > self.ppo.n_steps:
-            raise ValueError(f"rl.ppo.batch_size ({self.ppo.batch_size}) must not exceed rl.ppo.n_steps")
+            raise ValueError(f"ppo.batch_size ({self.ppo.batch_size}) must not exceed ppo.n_steps ({self.ppo.n_steps})")
         return self
