@@ -255,6 +255,8 @@ def test_commands_and_bad_inputs(tmp_path):
     result = runner.invoke(app, ["rl", str(path)])
     assert result.exit_code == 0, result.output
     assert "CartPole-v1: final return" in result.output
+    again = runner.invoke(app, ["rl", str(path), "--resume"])
+    assert again.exit_code == 0 and "already finished; nothing done" in again.output
     result = runner.invoke(
         app, ["distill", str(path), "--set", f"out={tmp_path / 'cli2'}"]
     )  # through the registry: a single learner is not distillation

@@ -184,6 +184,8 @@ def rl_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool = RESU
     from kdlab.tasks.rl import run_config
 
     summary = run_config(config, set_, resume=resume, overwrite=overwrite)
+    if summary.get("finished_before"):
+        console.print(f"run directory {summary['finished_before']} is already finished; nothing done (--overwrite)")
     _print_task_line(summary)
 
 
