@@ -178,6 +178,17 @@ def _train_or_distill(
         _print_task_line(summary)
 
 
+@app.command("rl")
+def rl_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool = RESUME, overwrite: bool = OVERWRITE):
+    """Reinforcement learning (task: rl): one PPO learner, dual policy distillation, or policy distillation."""
+    from kdlab.tasks.rl import run_config
+
+    summary = run_config(config, set_, resume=resume, overwrite=overwrite)
+    if summary.get("finished_before"):
+        console.print(f"run directory {summary['finished_before']} is already finished; nothing done (--overwrite)")
+    _print_task_line(summary)
+
+
 @app.command("cache-logits")
 def cache_logits_command(config: Path = CONFIG, set_: list[str] = SET, trust_remote_code: bool = TRUST):
     """Run the teacher once over the data and store its logits for later distillation runs."""

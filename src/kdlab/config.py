@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from kdlab.errors import ConfigError
+from kdlab.rl_config import RLSection
 
 
 class _Strict(BaseModel):
@@ -349,10 +350,18 @@ class TextClassifyConfig(RunBase):
         return raw
 
 
+class RLConfig(RunBase):
+    """``task: rl``: policies on Gymnasium environments (``kdlab.rl``; its section in ``kdlab.rl_config``)."""
+
+    task: Literal["rl"]
+    rl: RLSection = RLSection()
+
+
 TASK_CONFIGS: dict[str, type[RunBase]] = {
     "classify": ClassifyConfig,
     "causal_lm": CausalLMConfig,
     "text_classify": TextClassifyConfig,
+    "rl": RLConfig,
 }
 
 
@@ -366,7 +375,8 @@ def _task_of(value: Any) -> str | None:
 RunConfig = Annotated[
     Annotated[ClassifyConfig, Tag("classify")]
     | Annotated[CausalLMConfig, Tag("causal_lm")]
-    | Annotated[TextClassifyConfig, Tag("text_classify")],
+    | Annotated[TextClassifyConfig, Tag("text_classify")]
+    | Annotated[RLConfig, Tag("rl")],
     Discriminator(_task_of),
 ]
 _RUN_CONFIG: TypeAdapter[RunConfig] = TypeAdapter(RunConfig)

@@ -72,6 +72,34 @@ def learning_curves_figure(records: list[dict[str, Any]], title: str = "") -> Fi
     return fig
 
 
+def return_curves_figure(records: list[dict[str, Any]], window: int = 10) -> Figure:
+    """``task: rl``: episode returns against the run's environment-step budget, one colour per learner (dots:
+    episodes, line: the rolling mean of ``window``); a distillation's per-round evaluations as a line."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    learners = sorted({str(r["learner"]) for r in records if r.get("kind") in ("episode", "eval")})
+    for name in learners:
+        for kind, style in (("episode", "."), ("eval", "o-")):
+            points = [
+                (r["budget_step"], r["return"]) for r in records if r.get("kind") == kind and r["learner"] == name
+            ]
+            if not points:
+                continue
+            x, y = zip(*points, strict=True)
+            label = f"{name} (evaluation)" if kind == "eval" else name
+            (line,) = ax.plot(x, y, style, alpha=0.3 if kind == "episode" else 1.0, markersize=2, label=label)
+            if kind == "episode":
+                rolling = [
+                    sum(y[max(0, i - window + 1) : i + 1]) / len(y[max(0, i - window + 1) : i + 1])
+                    for i in range(len(y))
+                ]
+                ax.plot(x, rolling, "-", color=line.get_color())
+    ax.set(title="return per episode", xlabel="environment steps (whole run)", ylabel="return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def reliability_figure(curves: dict[str, dict[str, list]], title: str = "") -> Figure:
     """Accuracy against mean confidence per bin (the ECE's bins) for each named curve; the diagonal is perfect."""
     fig, ax = plt.subplots(figsize=(3.8, 3.6))

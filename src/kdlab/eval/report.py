@@ -42,6 +42,7 @@ details summary { cursor: pointer; color: #036; font-size: 13px; }
 # (key in the table, header, where it comes from, format, which direction is better)
 COLUMNS = [
     ("test_accuracy", "test acc", "test.accuracy", ".4f", "max"),
+    ("test_return", "test return", "test.return", ".1f", "max"),  # task: rl
     ("test_nll", "test NLL", "test.nll", ".3f", "min"),
     ("test_ece", "test ECE", "test.ece", ".3f", "min"),
     ("test_agreement", "test agree", "test.agreement", ".4f", "max"),
@@ -194,6 +195,9 @@ def _run_section(run: RunData, index: int, name: str = "student") -> str:
     if plots.epoch_records(run.records):
         fig = plots.learning_curves_figure(run.records)
         images.append(_img(plots.png_bytes(fig), f"learning curves of {run.name}"))
+    if any(r.get("kind") in ("episode", "eval") for r in run.records):  # task: rl
+        fig = plots.return_curves_figure(run.records)
+        images.append(_img(plots.png_bytes(fig), f"returns of {run.name}"))
     test = run.evaluation.get("test", {})
     if "reliability" in test:
         curves = {name: test["reliability"]}

@@ -1,0 +1,271 @@
+"""Dual policy distillation (Lai et al., IJCAI 2020) against one PPO learner at equal environment steps, and
+classic policy distillation of a teacher into a 4x smaller student.
+
+    python benchmarks/dpd.py             # CartPole-v1 + Acrobot-v1, 5 arms x 5 seeds (~40 min, 2 shared cores)
+    python benchmarks/dpd.py --quick     # CartPole only, 2 seeds, 8,192 steps (a smoke run)
+
+Arms (every run through ``kdlab.rl.run``, the same code as ``kdlab rl``), each at the same total budget:
+  single     one PPO learner (Stable-Baselines3) with the whole budget;
+  uniform    DPD, two learners with half the budget each, mutual imitation with equal weights;
+  hard       DPD, weights 1[V_peer > V_self];
+  soft       DPD, weights clip(exp(β (V_peer − V_self)), 0.01, 100), β = 0.5;
+  reversed   DPD soft with the sign of the authors' PPO code, exp(β (V_self − V_peer)).
+A DPD arm's numbers are the mean of its two learners (x axis of the curves: the run's total steps).
+Budgets: CartPole-v1 12,288 and Acrobot-v1 16,384 environment steps per run (sized for a shared 2-core
+machine; the paper uses 100k-20M). PPO: n_steps 256, batch 64, 5 epochs, lr 3e-4, 64x64 actor and critic.
+DPD: one imitation step on 256 states of the peer's memory after every update of a learner (every: 1, steps:
+1) — five times the authors' rate (1 step every 5 updates), whose effect at this budget would be too small to
+see; 10 steps per update (a third of all gradient steps) held DPD far below one learner in a first run.
+Final return: 10 deterministic evaluation episodes; AUC: mean rolling (10-episode) training return over the
+budget. Distillation: a teacher trained once (single PPO learner, 40,960 steps, seed 100) → a [30, 30]
+student (4.0x fewer actor parameters) on the teacher's states and on the student's own (DAgger), 5,120
+steps each, 5 seeds. Results: benchmarks/results/dpd.{json,md,png} (--quick: benchmarks/results/quick/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _env import environment
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+ARMS = {
+    "single": {"mode": "single"},
+    "uniform": {"mode": "dpd", "dpd": {"weighting": "uniform"}},
+    "hard": {"mode": "dpd", "dpd": {"weighting": "hard"}},
+    "soft": {"mode": "dpd", "dpd": {"weighting": "soft"}},
+    "reversed": {"mode": "dpd", "dpd": {"weighting": "soft", "reversed": True}},
+}
+DPD = {"every": 1, "steps": 1, "batch": 256, "beta": 0.5}
+PPO = {"n_steps": 256, "batch_size": 64, "n_epochs": 5, "lr": 3e-4}
+BUDGET = {"CartPole-v1": 12_288, "Acrobot-v1": 16_384}  # sized for a shared 2-core machine (load avg ~8)
+STUDENT = [30, 30]
+
+
+def _config(env: str, arm: str, seed: int, steps: int, out: Path) -> dict[str, Any]:
+    rl = {"env": {"id": env}, "total_steps": steps, "ppo": PPO, "hidden": [64, 64], **ARMS[arm]}
+    if rl["mode"] == "dpd":
+        rl["dpd"] = {**DPD, **ARMS[arm]["dpd"]}
+    return {
+        "task": "rl",
+        "name": f"{env}-{arm}-s{seed}",
+        "out": str(out),
+        "seed": seed,
+        "train": {"progress": False},
+        "rl": rl,
+    }
+
+
+def _run(config: dict[str, Any]) -> dict[str, Any]:
+    """One run in a worker process (one torch thread); a finished run directory is read, not run again."""
+    import torch
+
+    torch.set_num_threads(1)
+    from kdlab.rl import run
+
+    summary = Path(config["out"]) / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    return run(config, overwrite=True)
+
+
+def _curve(run_dir: Path, budget: int, points: int = 50) -> list[float]:
+    """The run's learning curve on a grid of the budget: the mean of its learners' rolling returns."""
+    from kdlab.rl import curves
+
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    grid = curves.grid(budget, points)
+    learners = [n for n in curves.learner_names(records) if curves.episodes(records, n)]
+    return np.mean([curves.curve(curves.episodes(records, n), grid) for n in learners], axis=0).tolist()
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    envs = ["CartPole-v1"] if args.quick else ["CartPole-v1", "Acrobot-v1"]
+    seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
+    budget = {"CartPole-v1": 8192} if args.quick else BUDGET
+    teacher_steps, distill_steps = (8192, 2048) if args.quick else (40_960, 5_120)
+    work = ROOT / "runs" / ("bench-dpd-quick" if args.quick else "bench-dpd")
+    results = RESULTS / "quick" if args.quick else RESULTS
+    results.mkdir(parents=True, exist_ok=True)
+    load_start, start = [round(x, 2) for x in os.getloadavg()], time.perf_counter()
+
+    jobs = {
+        (e, a, s): _config(e, a, s, budget[e], work / e / a / f"seed{s}") for e in envs for a in ARMS for s in seeds
+    }
+    teacher_cfg = _config("CartPole-v1", "single", 100, teacher_steps, work / "teacher")
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        teacher_future = pool.submit(_run, teacher_cfg)
+        futures = {key: pool.submit(_run, cfg) for key, cfg in jobs.items()}
+        summaries = {key: f.result() for key, f in futures.items()}
+        teacher = teacher_future.result()
+        distill_jobs = {}
+        for states in ("teacher", "student"):
+            for s in seeds:
+                cfg = _config("CartPole-v1", "single", s, distill_steps, work / "distill" / states / f"seed{s}")
+                rl = {
+                    **cfg["rl"],
+                    "mode": "distill",
+                    "distill": {"states": states, "hidden": STUDENT, "rollout_steps": 512},
+                }
+                distill_jobs[(states, s)] = {**cfg, "rl": rl, "teacher": {"run": teacher_cfg["out"]}}
+        distilled = {k: f.result() for k, f in {k: pool.submit(_run, c) for k, c in distill_jobs.items()}.items()}
+    wall = time.perf_counter() - start
+
+    table: dict[str, Any] = {}
+    for env in envs:
+        table[env] = {}
+        for arm in ARMS:
+            rows = [summaries[(env, arm, s)] for s in seeds]
+            single = [summaries[(env, "single", s)] for s in seeds]
+            table[env][arm] = {
+                "final_return": _stats([r["final_return"] for r in rows]),
+                "auc": _stats([r["auc"] for r in rows]),
+                "best_learner_final": _stats([max(v["final_return"] for v in r["learners"].values()) for r in rows]),
+                "final_minus_single": _stats(
+                    [r["final_return"] - b["final_return"] for r, b in zip(rows, single, strict=True)]
+                ),
+                "auc_minus_single": _stats([r["auc"] - b["auc"] for r, b in zip(rows, single, strict=True)]),
+                "env_steps": sorted({r["env_steps"] for r in rows}),
+                "per_seed": {"final_return": [r["final_return"] for r in rows], "auc": [r["auc"] for r in rows]},
+                "curve": [_curve(work / env / arm / f"seed{s}", budget[env]) for s in seeds],
+            }
+    distill_table = {
+        states: {
+            "final_return": _stats([distilled[(states, s)]["final_return"] for s in seeds]),
+            "auc": _stats([distilled[(states, s)]["auc"] for s in seeds]),
+            "student_parameters": distilled[(states, seeds[0])]["parameters"],
+            "env_steps": distilled[(states, seeds[0])]["env_steps"],
+            "per_seed": [distilled[(states, s)]["final_return"] for s in seeds],
+        }
+        for states in ("teacher", "student")
+    }
+    payload = {
+        "environment": {**environment(), "torch_threads_per_run": 1, "workers": args.workers},
+        "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
+        "wall_seconds": wall,
+        "budget_env_steps": budget,
+        "seeds": seeds,
+        "ppo": PPO,
+        "dpd": DPD,
+        "table": table,
+        "distillation": {
+            "env": "CartPole-v1",
+            "teacher_final_return": teacher["final_return"],
+            "teacher_parameters": teacher["parameters"],
+            "teacher_env_steps": teacher["env_steps"],
+            "student_hidden": STUDENT,
+            "rows": distill_table,
+        },
+    }
+    from kdlab.io import atomic_write_json, atomic_write_text
+
+    atomic_write_json(results / "dpd.json", payload)
+    atomic_write_text(results / "dpd.md", _markdown(payload))
+    _plot(payload, results / "dpd.png")
+    print(_markdown(payload))
+
+
+def _pm(stat: dict[str, float], digits: int = 1) -> str:
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def _markdown(p: dict[str, Any]) -> str:
+    env = p["environment"]
+    lines = [
+        "# Dual policy distillation vs one PPO learner, and policy distillation",
+        "",
+        f"Command: `{env['command']}` · {env['date_utc']} UTC · {env['machine']} · {p['environment']['workers']} runs "
+        f"at a time, 1 torch thread each · load average {p['load_average']['start']} → {p['load_average']['end']} "
+        f"(a shared machine) · wall {p['wall_seconds'] / 60:.1f} min · torch {env['torch']}, kdlab {env['kdlab']}.",
+        "",
+        f"Every arm spends the same environment steps in all, {p['budget_env_steps']} (a DPD learner half); "
+        f"seeds {p['seeds']}. PPO {p['ppo']}; DPD {p['dpd']}. Final = mean return of 10 deterministic episodes "
+        "after training (a DPD run: the mean of its two learners; 'best' = its better learner); AUC = mean rolling "
+        "training return over the budget. Δ = arm − single learner, paired by seed. Budget sized for a shared "
+        "2-core machine (the paper's setting is 100k–20M steps).",
+    ]
+    for env_id, arms in p["table"].items():
+        lines += [
+            "",
+            f"## {env_id}",
+            "",
+            "| arm | final return | AUC | best learner final | Δ final | Δ AUC |",
+            "|---|---|---|---|---|---|",
+        ]
+        for arm, row in arms.items():
+            lines.append(
+                f"| {arm} | {_pm(row['final_return'])} | {_pm(row['auc'])} | {_pm(row['best_learner_final'])} | "
+                f"{_pm(row['final_minus_single'])} | {_pm(row['auc_minus_single'])} |"
+            )
+    d = p["distillation"]
+    lines += [
+        "",
+        f"## Policy distillation ({d['env']})",
+        "",
+        f"Teacher: one PPO learner, {d['teacher_env_steps']:,} steps, {d['teacher_parameters']:,} actor parameters, "
+        f"final return {d['teacher_final_return']:.1f}. Student: hidden {d['student_hidden']}.",
+        "",
+        "| states | student params | env steps | student final return | AUC (per-round evaluation) |",
+        "|---|---|---|---|---|",
+    ]
+    for states, row in d["rows"].items():
+        name = "teacher's rollouts" if states == "teacher" else "student's own (DAgger)"
+        cells = [
+            name,
+            f"{row['student_parameters']:,}",
+            f"{row['env_steps']:,}",
+            _pm(row["final_return"]),
+            _pm(row["auc"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "![learning curves](dpd.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(p: dict[str, Any], path: Path) -> None:
+    from kdlab.eval.plots import plt, save_png
+
+    envs = list(p["table"])
+    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
+    for ax, env_id in zip(axes[0], envs, strict=True):
+        budget = p["budget_env_steps"][env_id]
+        for arm, row in p["table"][env_id].items():
+            curves = np.array(row["curve"])
+            x = np.linspace(budget / curves.shape[1], budget, curves.shape[1])
+            mean, std = curves.mean(0), curves.std(0)
+            ax.plot(x, mean, label=arm)
+            ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+        ax.set(
+            title=f"{env_id} ({len(p['seeds'])} seeds, mean ± std)",
+            xlabel="total environment steps",
+            ylabel="rolling return",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+if __name__ == "__main__":
+    main()
