@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from kdlab.config_cooperative import CooperativeSections
 from kdlab.errors import ConfigError
 
 
@@ -329,10 +330,17 @@ class TextClassifyConfig(RunBase):
         return raw
 
 
+class CooperativeConfig(RunBase, CooperativeSections):
+    """``task: cooperative``: learners of any kind teach each other (``kdlab.tasks.cooperative``)."""
+
+    task: Literal["cooperative"]
+
+
 TASK_CONFIGS: dict[str, type[RunBase]] = {
     "classify": ClassifyConfig,
     "causal_lm": CausalLMConfig,
     "text_classify": TextClassifyConfig,
+    "cooperative": CooperativeConfig,
 }
 
 
@@ -346,7 +354,8 @@ def _task_of(value: Any) -> str | None:
 RunConfig = Annotated[
     Annotated[ClassifyConfig, Tag("classify")]
     | Annotated[CausalLMConfig, Tag("causal_lm")]
-    | Annotated[TextClassifyConfig, Tag("text_classify")],
+    | Annotated[TextClassifyConfig, Tag("text_classify")]
+    | Annotated[CooperativeConfig, Tag("cooperative")],
     Discriminator(_task_of),
 ]
 _RUN_CONFIG: TypeAdapter[RunConfig] = TypeAdapter(RunConfig)
