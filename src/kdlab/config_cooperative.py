@@ -83,6 +83,8 @@ class SwarmSearchConfig(_Strict):
     # particles start within this fraction of each feature's range around the instance (the rest of the box
     # is still reachable): a counterfactual is a small edit, not a search of the whole space
     init_radius: float = Field(0.1, gt=0, le=1)
+    # a swarm whose best is within the tolerance stops after this many iterations without improving its cost
+    patience: int = Field(5, ge=1)
 
 
 class CounterfactualConfig(_Strict):

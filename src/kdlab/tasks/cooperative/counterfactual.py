@@ -3,9 +3,10 @@ even more typical of that class (the "quintessential" instance of Livanos et al.
 
 Target: y' = o + alpha (onehot(c) - o), o = f(x) the teacher's probabilities. Search:
     x' = argmin ||f(x') - y'||² + l1 · Σ_k |x'_k - x_k| / scale_k,   x' inside [low, high] (the teacher's data range)
-stopping once max_k |f(x')_k - y'_k| <= tolerance. The L1 term is Σ|x - x'| (methods.md §3: the notebook also
-writes |Σ(x - x')| once; we follow the former), divided per column by the teacher's training std so that
-columns in different units weigh alike.
+stopping once max_k |f(x')_k - y'_k| <= tolerance (the swarm: once its best is within the tolerance and has not
+improved for ``patience`` iterations — the first point inside the tolerance is rarely the closest one). The L1
+term is Σ|x - x'| (methods.md §3: the notebook also writes |Σ(x - x')| once; we follow the former), divided per
+column by the teacher's training std so that columns in different units weigh alike.
 
 - Differentiable teachers (torch): Adam on all instances at once — the loss is a sum of per-row terms and Adam
   is element-wise, so rows do not interact; a row that reached the tolerance is frozen.
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from kdlab.config_cooperative import CounterfactualConfig
+from kdlab.errors import ConfigError
 
 from .learners import Learner
 
@@ -101,10 +103,16 @@ def swarm_counterfactuals(
     Particle 0 starts at the instance itself, the others uniformly within ``init_radius`` of the column ranges
     around it; so the search never ends worse than "no edit", and an instance the teacher cannot improve stays
     put (and is discarded as unmoved, as the authors do)."""
-    from pyswarms.backend import create_swarm
-    from pyswarms.backend.handlers import BoundaryHandler, VelocityHandler
-    from pyswarms.backend.operators import compute_pbest
-    from pyswarms.backend.topology import Star
+    try:
+        from pyswarms.backend import create_swarm
+        from pyswarms.backend.handlers import BoundaryHandler, VelocityHandler
+        from pyswarms.backend.operators import compute_pbest
+        from pyswarms.backend.topology import Star
+    except ImportError:
+        raise ConfigError(
+            f"teacher {teacher.name!r} is not differentiable: its counterfactuals need pyswarms "
+            "(pip install 'kdlab[cooperative]')"
+        ) from None
 
     sw = cfg.swarm
     n, d = x0.shape
@@ -126,6 +134,7 @@ def swarm_counterfactuals(
             swarm.pbest_cost = np.full(sw.particles, np.inf)
             swarms.append(swarm)
         best_gap = np.full((n, sw.particles), np.inf)  # max |f - y'| at each particle's personal best
+        stale = np.zeros(n, dtype=int)  # iterations since the swarm's best cost last improved
         active = np.ones(n, dtype=bool)
         for step in range(sw.iterations + 1):
             idx = np.flatnonzero(active)
@@ -140,8 +149,10 @@ def swarm_counterfactuals(
                 improved = swarm.current_cost < swarm.pbest_cost
                 best_gap[i, improved] = np.abs(probs[k] - target[i]).max(1)[improved]
                 swarm.pbest_pos, swarm.pbest_cost = compute_pbest(swarm)
+                before = swarm.best_cost if step else np.inf
                 swarm.best_pos, swarm.best_cost = topology.compute_gbest(swarm)
-                if best_gap[i, int(np.argmin(swarm.pbest_cost))] <= cfg.tolerance:
+                stale[i] = stale[i] + 1 if swarm.best_cost >= before - 1e-12 else 0
+                if best_gap[i, int(np.argmin(swarm.pbest_cost))] <= cfg.tolerance and stale[i] >= sw.patience:
                     active[i] = False
                     continue
                 if step < sw.iterations:

@@ -93,9 +93,7 @@ def fill_missing(x_own: np.ndarray, columns: np.ndarray, n_features: int, fill_r
     return full
 
 
-def map_features(
-    x_from: np.ndarray, from_cols: np.ndarray, to_cols: np.ndarray, fill: np.ndarray
-) -> np.ndarray:
+def map_features(x_from: np.ndarray, from_cols: np.ndarray, to_cols: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """φ(from → to): the columns both spaces share are copied; the others come from ``fill`` — an array of the
     target's shape (per-row values: "original") or a row broadcast over all rows (its mean, or zeros)."""
     out = np.array(np.broadcast_to(fill, (len(x_from), len(to_cols))), dtype=np.float64)

@@ -119,7 +119,7 @@ def _round(r: int, cfg: CooperativeConfig, pool: Pool, parts: list[Participant],
         parts[j].virtual_y = np.concatenate([parts[j].virtual_y, pool.y_eval[source_rows]])
         record = {
             "round": r, "teacher": teacher.name, "student": student.name, "teacher_kind": teacher.kind,
-            "deficient": int(len(rows)), "tried": found.tried, "accepted": int(len(found.rows)),
+            "deficient": len(rows), "tried": found.tried, "accepted": len(found.rows),
             "unmoved": found.unmoved, "failed": found.failed, "reached_tolerance": found.reached_tolerance,
             "success_rate": len(found.rows) / found.tried if found.tried else None, "seconds": seconds,
             "classes": np.bincount(pool.y_eval[source_rows], minlength=pool.num_classes).tolist(),
@@ -133,13 +133,13 @@ def _round(r: int, cfg: CooperativeConfig, pool: Pool, parts: list[Participant],
 def run_cooperative(cfg: CooperativeConfig, *, overwrite: bool) -> dict[str, Any]:
     started = time.perf_counter()
     out = Path(cfg.out)
-    acc = new_accelerator(cpu=True)
-    prepare_out(out, resume=False, overwrite=overwrite, acc=acc)
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
-    write_config(out, _absolute(cfg))
     pool = load_pool(cfg.data, cfg.seed)
-    parts = _participants(cfg, pool, out)
+    parts = _participants(cfg, pool, out)  # every learner built (and checked) before anything is written
+    acc = new_accelerator(cpu=True)
+    prepare_out(out, resume=False, overwrite=overwrite, acc=acc)
+    write_config(out, _absolute(cfg))
     log = MetricsLog(out / "metrics.jsonl", acc, None)
     n, rows = len(parts), {p.learner.name: {} for p in parts}
     pairs: list[dict] = []
@@ -200,7 +200,7 @@ def _baseline(name: str, j: int, parts: list[Participant], alone: list[Learner],
         teacher = alone[peer]
         x_full = np.concatenate([p.x_full, pool.x_eval])
         probs = teacher.predict_proba(x_full[:, teacher.columns])
-        y = np.concatenate([p.y, probs[len(p.y):].argmax(1)])  # own labels; the peer's on the pool
+        y = np.concatenate([p.y, probs[len(p.y) :].argmax(1)])  # own labels; the peer's on the pool
         _fit(p, name, x_full[:, cols], y, probs)
 
 
