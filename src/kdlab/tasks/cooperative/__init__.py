@@ -40,9 +40,8 @@ class CooperativeTask(Task):
         return run_cooperative(cfg, overwrite=overwrite)
 
     def summary_line(self, summary: dict[str, Any]) -> str | None:
-        parts = []
+        """Test accuracy per learner and stage (alone, each round, the baselines), one line per learner."""
+        lines = []
         for name, stages in summary.get("learners", {}).items():
-            last = f"round_{summary.get('rounds', 1)}"
-            if "alone" in stages and last in stages:
-                parts.append(f"{name} {stages['alone']:.4f} → {stages[last]:.4f}")
-        return "cooperative (test accuracy, alone → last round): " + ", ".join(parts) if parts else None
+            lines.append(f"{name}: " + ", ".join(f"{stage} {acc:.4f}" for stage, acc in stages.items()))
+        return "test accuracy — " + "; ".join(lines) if lines else None
