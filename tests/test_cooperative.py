@@ -204,3 +204,33 @@ def test_an_estimator_outside_sklearn_needs_trust(tmp_path):
 def test_bad_configs_are_one_line(tmp_path, change, fragment):
     with pytest.raises(ConfigError, match=fragment):
         load_config({**_config(tmp_path, "x"), **change})
+
+
+def test_a_users_module_and_a_learner_with_its_own_file(tmp_path, monkeypatch, one_thread):
+    """A user's nn.Module (``package.module:callable`` beside the run, the trust policy's own code) learns with a
+    kNN that brings its own .npz in its own 32 columns; the kNN's rows are placed in the pooled space by the
+    pooled training mean, so the pooled baseline can use them."""
+    (tmp_path / "mynet.py").write_text(
+        "from torch import nn\n\n"
+        "def build(num_classes, in_shape):\n"
+        "    return nn.Sequential(nn.Linear(in_shape[0], 32), nn.ReLU(), nn.Linear(32, num_classes))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    own = rng.choice(len(y), 150, replace=False)
+    np.savez(tmp_path / "knn.npz", x=x[own][:, 32:], y=y[own])
+    cfg = _config(tmp_path, "own", baselines=["pooled"])
+    cfg["learners"] = [
+        {"name": "mine", "model": {"name": "mynet:build"}, "features": list(range(32)), "class_weights": SKEW[0]},
+        {"name": "knn", "estimator": "sklearn.neighbors.KNeighborsClassifier", "path": "knn.npz",
+         "features": list(range(32, 64))},
+    ]  # fmt: skip
+    summary = cooperative(cfg)
+    assert set(summary["learners"]) == {"mine", "knn"}
+    assert set(summary["learners"]["knn"]) == {"alone", "round_1", "pooled"}
+    assert len(summary["pairs"]) == 2 and (tmp_path / "own" / "fits" / "mine-alone" / "summary.json").is_file()
+    assert summary["learners"]["mine"]["alone"] > 0.8  # the only learner sharing the pool: all of its rows
+    assert summary["learners"]["knn"]["pooled"] > summary["learners"]["knn"]["alone"]
