@@ -37,8 +37,9 @@ class LearnerConfig(_Strict):
     features: list[int] | None = None
     # its own training file (.npz with x, y — x already in this learner's columns); None: a share of the pool
     path: str | None = None
-    # relative share of each class's pooled training rows this learner receives (default 1 per class); the
-    # shares of all learners split every class's rows disjointly — a skewed learner gets little of some classes
+    # relative share of each class's pooled training rows this learner receives (default 1 per class), relative
+    # to the other learners without a ``path``: their shares split every class's rows disjointly — a skewed
+    # learner gets little of some classes (a single learner sharing the pool gets all of them)
     class_weights: dict[int, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
