@@ -5,8 +5,9 @@
 
 The experiment of shared/methods.md §3(d) on real tabular data. Three learners of different kinds — sklearn
 DecisionTreeClassifier(min_samples_leaf=5), KNeighborsClassifier(n_neighbors=7), kdlab MLP (hidden [128], 30
-epochs, the train section's Adam defaults) — get disjoint, skewed shares of the pooled training rows: each
-learner has weight 1 on its "own" classes and 0.05 on the others (it is starved of them). Settings:
+epochs, batch 64, the train section's default optimizer: SGD lr 0.05, Nesterov momentum 0.9, weight decay 5e-4)
+— get disjoint, skewed shares of the pooled training rows: each learner has weight 1 on its "own" classes and
+0.05 on the others (it is starved of them). Settings:
 
 - ``satellite``: Statlog Satellite (6,435 rows, 36 features, 6 classes; Debian's r-cran-mlbench
   ``data/Satellite.rda``, read with the ``rdata`` package — a benchmark-only dependency); all features.
