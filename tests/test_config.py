@@ -80,7 +80,10 @@ def test_the_run_config_is_a_union_discriminated_by_task():
     assert isinstance(load_config({}), ClassifyConfig)
     assert isinstance(load_config({"task": "causal_lm", "data": {"train": "t.txt"}}), CausalLMConfig)
     cases = [
-        ({"task": "bogus"}, "config: task: unknown task 'bogus'; available: classify, causal_lm, text_classify, rl"),
+        (
+            {"task": "bogus"},
+            "config: task: unknown task 'bogus'; available: classify, causal_lm, text_classify, rl, cooperative",
+        ),
         ({"data": {"tokenizer": "bytes"}}, "config: unknown key 'data.tokenizer'"),
         ({"task": "causal_lm", "data": {"path": "x.csv"}}, "config: unknown key 'data.path'"),
         ({"task": "causal_lm", "compress": {"source": "r"}}, "config: unknown key 'compress'"),

@@ -161,7 +161,10 @@ def test_names_are_case_insensitive() -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: create("resnet21", 10, (3, 32, 32)), r"unknown model 'resnet21'; available: cnn, hf_text, mlp, .*resnet20"),
+        (
+            lambda: create("resnet21", 10, (3, 32, 32)),
+            r"unknown model 'resnet21'; available: cnn, hf_text, mlp, .*resnet20",
+        ),
         (lambda: create("mlp", 10, (4,), hiddden=(3,)), r"bad arguments for model 'mlp'.*hidden, dropout"),
         (lambda: create("resnet20", 10, (3, 32, 32), depth=56), r"'resnet20'.*no hyper-parameters"),
         (lambda: create("mlp", 0, (4,)), r"num_classes must be a positive integer"),

@@ -19,7 +19,7 @@ def _version() -> str:
         return "0.0.0+local"
 
 
-_API = ("train", "distill", "fit_model", "evaluate", "load_model", "cache_logits", "select_ptloss")
+_API = ("train", "distill", "fit_model", "evaluate", "load_model", "cache_logits", "select_ptloss", "cooperative")
 
 __all__ = ["__version__", *_API]
 

@@ -126,6 +126,22 @@ def fit_model(
     )  # fmt: skip
 
 
+def cooperative(
+    config: Config,
+    overrides: list[str] | None = None,
+    *,
+    overwrite: bool = False,
+    trust_remote_code: bool | None = None,
+) -> dict:
+    """Cooperative distillation (``task: cooperative``): learners of any kind teach each other through
+    counterfactual instances (``kdlab.tasks.cooperative``); returns the run's summary. ``trust_remote_code``: allow
+    an estimator outside ``sklearn.*`` or a model callable outside your own code."""
+    return _run(
+        config, overrides, distilling=True, resume=False, overwrite=overwrite, extend=False,
+        trust=trust_remote_code, callbacks=None,
+    )  # fmt: skip
+
+
 def cache_logits(config: Config, overrides: list[str] | None = None, *, trust_remote_code: bool | None = None) -> Path:
     """Run the teacher once over train/val/test and store its outputs for later runs; returns the cache's path."""
     with model_imports(config, trust_remote_code):

@@ -189,6 +189,19 @@ def rl_command(config: Path = CONFIG, set_: list[str] = SET, resume: bool = RESU
     _print_task_line(summary)
 
 
+@app.command("cooperate")
+def cooperate_command(
+    config: Path = CONFIG, set_: list[str] = SET, overwrite: bool = OVERWRITE, trust_remote_code: bool = TRUST
+):
+    """Cooperative distillation: learners of any kind (trees, kNN, networks) teach each other (task: cooperative)."""
+    from kdlab.api import cooperative
+
+    summary = cooperative(config, set_, overwrite=overwrite, trust_remote_code=trust_remote_code)
+    if _main_process():
+        console.print(f"cooperative run written to {summary.get('out', '')}")
+        _print_task_line(summary)
+
+
 @app.command("cache-logits")
 def cache_logits_command(config: Path = CONFIG, set_: list[str] = SET, trust_remote_code: bool = TRUST):
     """Run the teacher once over the data and store its logits for later distillation runs."""

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from kdlab.config_cooperative import CooperativeSections
 from kdlab.errors import ConfigError
 from kdlab.rl_config import RLSection
 
@@ -357,11 +358,18 @@ class RLConfig(RunBase):
     rl: RLSection = RLSection()
 
 
+class CooperativeConfig(RunBase, CooperativeSections):
+    """``task: cooperative``: learners of any kind teach each other (``kdlab.tasks.cooperative``)."""
+
+    task: Literal["cooperative"]
+
+
 TASK_CONFIGS: dict[str, type[RunBase]] = {
     "classify": ClassifyConfig,
     "causal_lm": CausalLMConfig,
     "text_classify": TextClassifyConfig,
     "rl": RLConfig,
+    "cooperative": CooperativeConfig,
 }
 
 
@@ -376,7 +384,8 @@ RunConfig = Annotated[
     Annotated[ClassifyConfig, Tag("classify")]
     | Annotated[CausalLMConfig, Tag("causal_lm")]
     | Annotated[TextClassifyConfig, Tag("text_classify")]
-    | Annotated[RLConfig, Tag("rl")],
+    | Annotated[RLConfig, Tag("rl")]
+    | Annotated[CooperativeConfig, Tag("cooperative")],
     Discriminator(_task_of),
 ]
 _RUN_CONFIG: TypeAdapter[RunConfig] = TypeAdapter(RunConfig)
