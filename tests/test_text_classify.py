@@ -367,12 +367,16 @@ def test_group_by_length_sorts_each_chunk_and_keeps_a_permutation(world, tmp_pat
 
     lengths = torch.randint(1, 50, (1000,))
     perm = epoch_permutation(1000, seed=0, epoch=0)
-    grouped = group_by_length(perm, lengths, batch_size=4, chunk_batches=25)
-    assert sorted(grouped.tolist()) == list(range(1000))
-    for start in range(0, 1000, 100):
-        chunk = lengths[grouped[start : start + 100]]
-        assert torch.equal(chunk, chunk.sort(descending=True).values)
+    grouped = group_by_length(perm, lengths, batch_size=4, seed=0, epoch=0, chunk_batches=25)
+    assert sorted(grouped.tolist()) == list(range(1000))  # still a permutation of the rows
+    spread = [int(lengths[b].max() - lengths[b].min()) for b in grouped.split(4)]
+    plain = [int(lengths[b].max() - lengths[b].min()) for b in perm.split(4)]
+    assert sum(spread) < sum(plain) / 5  # batches of similar lengths
+    for start in range(0, 1000, 100):  # rows move only inside their chunk
         assert set(grouped[start : start + 100].tolist()) == set(perm[start : start + 100].tolist())
+    again = group_by_length(perm, lengths, batch_size=4, seed=0, epoch=0, chunk_batches=25)
+    assert torch.equal(grouped, again)  # a function of (seed, epoch): resume and N processes agree
+    assert not torch.equal(grouped, group_by_length(perm, lengths, batch_size=4, seed=0, epoch=1, chunk_batches=25))
     cfg = _student(world, "grouped", {"name": "kd", "temperature": 2.0}, group_by_length=True)
     cfg["out"] = str(tmp_path / "grouped")
     assert distill(cfg)["val"]["accuracy"] >= 0.8

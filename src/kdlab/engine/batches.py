@@ -19,13 +19,25 @@ def epoch_permutation(num_rows: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(num_rows, generator=generator)
 
 
-def group_by_length(permutation: Tensor, lengths: Tensor, batch_size: int, chunk_batches: int = 50) -> Tensor:
-    """The permutation with each chunk of ``chunk_batches`` batches sorted by row length, longest first (Hugging
-    Face's ``group_by_length``): a batch then holds rows of similar lengths and pads little. It stays a function of
-    (seed, epoch) alone, so resuming and N processes see the same batches."""
+def group_by_length(
+    permutation: Tensor, lengths: Tensor, batch_size: int, seed: int, epoch: int, chunk_batches: int = 50
+) -> Tensor:
+    """Batches of rows of similar length (less padding): each chunk of ``chunk_batches`` batches of the epoch's
+    permutation is sorted by row length and cut into batches, whose order inside the chunk is then shuffled (a
+    fixed longest-first order every epoch trains worse). A function of (seed, epoch) alone, so resuming and N
+    processes see the same batches."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_777)
     chunk = batch_size * chunk_batches
-    pieces = [permutation[i : i + chunk] for i in range(0, len(permutation), chunk)]
-    return torch.cat([p[torch.argsort(lengths[p], descending=True, stable=True)] for p in pieces])
+    out = []
+    for start in range(0, len(permutation), chunk):
+        piece = permutation[start : start + chunk]
+        piece = piece[torch.argsort(lengths[piece], descending=True, stable=True)]
+        groups = list(piece.split(batch_size))
+        full = [g for g in groups if len(g) == batch_size]  # a chunk's short rest stays last (the epoch's rest)
+        rest = groups[len(full) :]
+        order = torch.randperm(len(full), generator=generator).tolist()
+        out += [full[i] for i in order] + rest
+    return torch.cat(out) if out else permutation
 
 
 def batch_sizes(num_rows: int, batch_size: int, world: int = 1, *, drop_last: bool = False) -> list[int]:

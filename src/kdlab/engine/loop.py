@@ -196,7 +196,7 @@ def run_loop(
             model.train()
             permutation = batches.epoch_permutation(task.rows, seed, epoch)
             if cfg.group_by_length:
-                permutation = batches.group_by_length(permutation, row_lengths(task), cfg.batch_size)
+                permutation = batches.group_by_length(permutation, row_lengths(task), cfg.batch_size, seed, epoch)
             first = position.step_in_epoch if epoch == position.epoch else 0
             sums: dict[str, float] = {}
             counted = 0  # micro-batches of this epoch trained in this call (a resumed epoch starts later)
