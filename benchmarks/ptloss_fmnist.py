@@ -83,6 +83,9 @@ class Bench:
             )
         return out
 
+    def cache_path(self, teacher: Path, seed: int) -> Path:
+        return self.runs / teacher.name / f"logits-seed{seed}.safetensors"
+
     def val_labels(self):
         from kdlab.data import load_dataset
 
@@ -92,7 +95,7 @@ class Bench:
         out = self.runs / teacher.name / f"seed{seed}" / tag
         if (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
-        cache = self.runs / teacher.name / f"logits-seed{seed}.safetensors"
+        cache = self.cache_path(teacher, seed)
         cfg = {
             **self.base,
             "out": str(out),
@@ -141,7 +144,7 @@ def run_teacher(bench: Bench, teacher: Path, seed: int, grids: dict) -> dict:
         },
     )
     # PTLoss: selection through the proxy teacher (timed), then one training
-    cache = bench.runs / teacher.name / f"logits-seed{seed}.safetensors"
+    cache = bench.cache_path(teacher, seed)
     from safetensors import safe_open
 
     from kdlab.teacher.logit_cache import read_cache

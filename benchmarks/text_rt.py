@@ -77,6 +77,10 @@ class TextBench:
             },
         }
 
+    def cache_path(self, teacher: Path, seed: int) -> Path:
+        """One cache for every seed: the splits are files, so the teacher's logits do not depend on the seed."""
+        return self.runs / "teacher-logits.safetensors"
+
     def val_labels(self) -> torch.Tensor:
         from kdlab.config import load_config
         from kdlab.tasks.classify import load_data
@@ -89,7 +93,7 @@ class TextBench:
         out = self.runs / f"seed{seed}" / tag
         if (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
-        cache = self.runs / f"logits-seed{seed}.safetensors"
+        cache = self.cache_path(teacher, seed)
         cfg = {
             **self.base,
             "out": str(out),

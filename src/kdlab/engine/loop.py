@@ -169,6 +169,8 @@ def run_loop(
     step_model = torch.compile(model) if cfg.compile else model
     trainable: Trainable = acc.unwrap_model(model)
     groups = trainable.parameter_groups()
+    # an alternating method leaves a phase's other groups without gradients, which DDP cannot reduce
+    touch_every_parameter = method.phased and acc.num_processes > 1
     optimizer = build_optimizer(groups, cfg.optimizer)
     scheduler = build_scheduler(optimizer, len(windows), cfg.epochs, cfg.scheduler)
     scaler = acc.scaler  # a GradScaler for fp16 (on GPU; None on CPU and for bf16)
@@ -216,6 +218,8 @@ def run_loop(
                         optimizer.zero_grad(set_to_none=True)
                         continue
                     loss, log_scale = task.objective(terms, batch, window_rows)
+                    if touch_every_parameter:  # DDP waits for every parameter's gradient: a phase's idle ones get 0
+                        loss = loss + 0.0 * sum(p.sum() for p in trainable.parameters())
                     (loss if scaler is None else scaler.scale(loss)).backward()
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach()) * log_scale

@@ -119,6 +119,7 @@ class Method:
     needs_teacher: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("classify",)  # the tasks whose outputs this method can read
     fingerprinted: ClassVar[bool] = False  # setup reads ctx.fingerprints (hashing a teacher's weights: only then)
+    phased: ClassVar[bool] = False  # ``trains`` alternates parameter groups: DDP must expect unused parameters
 
     def __init__(self, params: MethodParams, num_classes: int) -> None:
         self.params = params

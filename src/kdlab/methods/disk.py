@@ -99,6 +99,7 @@ def periodic_cosine(start: float, end: float, cycle: int, period: int) -> float:
 class DiSKMethod(Method):
     Params = DiSKParams
     params: DiSKParams
+    phased = True
 
     def __init__(self, params: DiSKParams, num_classes: int) -> None:
         super().__init__(params, num_classes)
@@ -118,8 +119,8 @@ class DiSKMethod(Method):
     def setup(self, ctx: SetupContext) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             raise ConfigError(
-                "method disk: one process only (its alternating phases leave parameters without "
-                "gradients, which DDP does not allow)"
+                "method disk: one process only for now (its dual variable is measured on each process's own rows "
+                "and not yet averaged across processes)"
             )
         width = 0
         for name in self.params.guide_inputs:

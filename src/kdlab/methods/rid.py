@@ -91,6 +91,7 @@ class StudentFilter(nn.Module):
 class RIDMethod(FeatureMethod):
     Params = RIDParams
     params: RIDParams
+    phased = True
 
     def __init__(self, params: RIDParams, num_classes: int) -> None:
         super().__init__(params, num_classes)
