@@ -171,6 +171,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--train-only", action="store_true", help="train the seeds' runs, write no results (to run "
+                        "seeds as parallel processes; a last run without it collects them)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.runs = args.runs or ROOT / ("bench-quick" if args.quick else "bench")
@@ -192,6 +194,8 @@ def main() -> None:
     for seed in args.seeds:
         per_seed.append(run_teacher(bench, teacher, seed, grids))
         print(f"seed {seed} done ({time.perf_counter() - start:.0f} s)", flush=True)
+    if args.train_only:
+        return
     references = reference_rows(teacher)
     per_teacher = {"MiniLM-L6 fine-tuned": aggregate(per_seed, references["teacher: MiniLM fine-tuned (kdlab train)"])}
     result = {
