@@ -439,3 +439,20 @@ def test_a_cache_beside_a_model_directory_teacher_stays_valid(world, tmp_path):
     summary = distill({**cfg, "cache": {"use": "require"}})
     assert summary["teacher"].startswith("cached logits")
     assert summary["val"]["agreement"] >= 0.5
+
+
+def test_the_token_cache_is_written_once_and_keyed_by_content(world, tmp_path):
+    from kdlab.tasks.classify import load_data
+
+    cfg = _student(world, "tok", {"name": "kd"})
+    cfg["data"] = {**cfg["data"], "token_cache": str(tmp_path / "tokens")}
+    first = load_data(load_config(cfg))
+    files = sorted((tmp_path / "tokens").glob("*.safetensors"))
+    assert len(files) == 2  # the student's tokenizer and the teacher's
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = load_data(load_config(cfg))
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # read, not written again
+    assert torch.equal(first.x_train, again.x_train) and first.segments == again.segments
+    shorter = {**cfg, "data": {**cfg["data"], "max_length": 5}}
+    assert load_data(load_config(shorter)).x_train.shape[1] <= 10
+    assert len(list((tmp_path / "tokens").glob("*.safetensors"))) == 4

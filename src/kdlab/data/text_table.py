@@ -76,6 +76,7 @@ class TextSplits:
     name: str = "text"
     columns: tuple[str, ...] = ()
     tables: dict[str, TextTable] = field(default_factory=dict, repr=False)
+    notes: tuple[str, ...] = ()  # what was carved or set aside (summary.json)
     standardized: bool = False
 
     @property
@@ -255,6 +256,7 @@ def build_splits(
     max_length: int,
     cache_dir: str | Path | None,
     columns: tuple[str, ...],
+    notes: tuple[str, ...] = (),
 ) -> TextSplits:
     """Labels to class indices and every tokenizer's ids side by side (the first tokenizer's columns first)."""
     order, names = label_classes(list(tables.values()))
@@ -287,6 +289,7 @@ def build_splits(
         segments=segments,
         columns=columns,
         tables=tables,
+        notes=notes,
     )
 
 

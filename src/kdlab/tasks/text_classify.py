@@ -67,9 +67,9 @@ class TextInputs(ClassifyInputs):
         for directory in directories:  # one tokenisation per distinct tokenizer (by content)
             keyed.setdefault(tokenizer_fingerprint(directory), directory)
         tokenizers = [(key, load_tokenizer(directory)) for key, directory in keyed.items()]
-        data = build_splits(tables, tokenizers, max_length=d.max_length, cache_dir=d.token_cache, columns=columns)
-        object.__setattr__(data, "notes", notes)
-        return data
+        return build_splits(
+            tables, tokenizers, max_length=d.max_length, cache_dir=d.token_cache, columns=columns, notes=tuple(notes)
+        )
 
     def build_student(self, cfg: RunConfig, data) -> nn.Module:
         model = models.create(cfg.model.name, data.num_classes, tuple(data.in_shape), **cfg.model.kwargs)
@@ -99,7 +99,7 @@ class TextInputs(ClassifyInputs):
             "fingerprint": data.fingerprint,
             "text_columns": list(data.columns),
             "max_length": cfg.data.max_length,
-            "notes": list(getattr(data, "notes", [])),
+            "notes": list(data.notes),
             "class_names": list(data.class_names),
             "train": len(data.y_train),
             "val": len(data.y_val),
