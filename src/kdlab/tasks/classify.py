@@ -130,7 +130,8 @@ def _warn_if_member_overlaps(cfg: RunConfig, source) -> None:
     raw = source.run_config
     if raw is None:  # a teacher from weights: its split is unknown
         return
-    if getattr(cfg.data, "val_path", None) and (raw.get("data") or {}).get("val_path") == cfg.data.val_path:
+    theirs_val, ours_val = (raw.get("data") or {}).get("val_path"), getattr(cfg.data, "val_path", None)
+    if ours_val and theirs_val and Path(theirs_val).absolute() == Path(ours_val).absolute():
         return  # the same validation file: nothing was carved
     data = raw.get("data") or {}
     theirs = split_seed(raw.get("seed", 0), data.get("split_seed"))
