@@ -117,8 +117,20 @@ def fine_tune_teacher(args: argparse.Namespace) -> Path:
     return out
 
 
-def reference_rows(teacher: Path) -> dict[str, float]:
-    """Majority class, TF-IDF + LR and frozen mean-pooled MiniLM + LR on the same split (test accuracy)."""
+def reference_rows(teacher: Path, runs: Path) -> dict[str, float]:
+    """Majority class, TF-IDF + LR and frozen mean-pooled MiniLM + LR on the same split (test accuracy); kept in
+    ``runs/references.json`` (they depend on the data and the encoder only)."""
+    import json
+
+    kept = runs / "references.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())
+    out = compute_references(teacher)
+    atomic_write_json(kept, out)
+    return out
+
+
+def compute_references(teacher: Path) -> dict[str, float]:
     import pandas as pd
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -171,6 +183,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--references-only", action="store_true", help="only the orientation rows")
     parser.add_argument("--train-only", action="store_true", help="train the seeds' runs, write no results (to run "
                         "seeds as parallel processes; a last run without it collects them)")  # fmt: skip
     args = parser.parse_args()
@@ -189,6 +202,9 @@ def main() -> None:
     }
     start, load_before = time.perf_counter(), os.getloadavg()
     teacher = fine_tune_teacher(args)
+    if args.references_only:
+        print(reference_rows(teacher, args.runs))
+        return
     bench = TextBench(args)
     per_seed = []
     for seed in args.seeds:
@@ -196,7 +212,7 @@ def main() -> None:
         print(f"seed {seed} done ({time.perf_counter() - start:.0f} s)", flush=True)
     if args.train_only:
         return
-    references = reference_rows(teacher)
+    references = reference_rows(teacher, args.runs)
     per_teacher = {"MiniLM-L6 fine-tuned": aggregate(per_seed, references["teacher: MiniLM fine-tuned (kdlab train)"])}
     result = {
         "environment": {**environment(), "threads": args.threads},
