@@ -232,7 +232,8 @@ def main() -> None:
     load = result["load_average"]
     lines += [
         "",
-        f"Wall time, everything: {result['wall_seconds'] / 60:.0f} min; load average before {load['before'][0]:.1f}, "
+        f"Wall time of this invocation (runs already trained are read back: see the note on how they were run): "
+        f"{result['wall_seconds'] / 60:.1f} min; load average before {load['before'][0]:.1f}, "
         f"after {load['after'][0]:.1f}; torch threads {args.threads}. Accuracies do not depend on the load; no time "
         "above is a speed claim.",
     ]
