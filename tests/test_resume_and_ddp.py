@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,16 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from two_processes import distill_with_two_processes
 
 from kdlab.api import distill, train
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _teacher(root: Path) -> Path:
@@ -87,31 +79,7 @@ def test_two_processes_match_one(tmp_path):
     cfg["model"]["kwargs"]["dropout"] = 0.0  # dropout draws differ per process; the rest must not
     cfg["data"]["augment"] = {"hflip": False}
     one = distill(cfg)
-    config = tmp_path / "two.yaml"
-    config.write_text(json.dumps(dict(cfg, out=str(tmp_path / "two"))))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "kdlab.cli",
-            "distill",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    two = distill_with_two_processes(cfg, tmp_path / "two")
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert two["optimizer_steps"] == one["optimizer_steps"]
     # the same rows per step, DDP's mean of the two halves' gradients = the mean over the whole batch: the same
@@ -138,19 +106,7 @@ def test_two_processes_train_the_method_modules_like_one(tmp_path):
     cfg["data"]["augment"] = {"hflip": False}
     cfg["method"] = {"name": "vid", "student_layer": "body.0", "teacher_layer": "body.0", "beta": 0.5}
     one = distill(cfg)
-    config = tmp_path / "two.yaml"
-    config.write_text(json.dumps(dict(cfg, out=str(tmp_path / "two"))))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
-    done = subprocess.run(
-        [*command, str(_free_port()), "-m", "kdlab.cli", "distill", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    two = distill_with_two_processes(cfg, tmp_path / "two")
     assert two["world_size"] == 2 and two["optimizer_steps"] == one["optimizer_steps"]
     for file in ("model.safetensors", "method/heads.safetensors"):
         a, b = load_file(str(tmp_path / "one" / file)), load_file(str(tmp_path / "two" / file))
@@ -169,26 +125,6 @@ def test_an_alternating_method_trains_with_two_processes(tmp_path):
     cfg["data"]["augment"] = {"hflip": False}
     cfg["method"] = {"name": "rid", "student_layer": "body.0", "teacher_layer": "body.0"}
     one = distill(cfg)
-    config = tmp_path / "two.yaml"
-    config.write_text(json.dumps(dict(cfg, out=str(tmp_path / "two"))))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(_free_port()),
-    ]
-    done = subprocess.run(
-        [*command, "-m", "kdlab.cli", "distill", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    two = distill_with_two_processes(cfg, tmp_path / "two")
     assert two["world_size"] == 2 and two["optimizer_steps"] == one["optimizer_steps"]
     assert abs(two["test"]["accuracy"] - one["test"]["accuracy"]) < 0.03

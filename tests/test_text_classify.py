@@ -388,29 +388,12 @@ def test_group_by_length_sorts_each_chunk_and_keeps_a_permutation(world, tmp_pat
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="torchrun needs a POSIX system")
 def test_two_processes_match_one(world, tmp_path):
-    import os
-    import socket
-    import subprocess
-    import sys
+    from two_processes import distill_with_two_processes
 
     cfg = _student(world, "one", {"name": "kd", "temperature": 2.0}, epochs=1)
     cfg["out"] = str(tmp_path / "one")
     one = distill(cfg)
-    config = tmp_path / "two.yaml"
-    config.write_text(json.dumps(dict(cfg, out=str(tmp_path / "two"))))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    done = subprocess.run(
-        [*command, "-m", "kdlab.cli", "distill", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    two = distill_with_two_processes(cfg, tmp_path / "two")
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert two["optimizer_steps"] == one["optimizer_steps"]
     a = load_file(str(tmp_path / "one" / "model.safetensors"))
