@@ -42,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import environment
+from capacity_gap_fmnist import mean_std
 
 from kdlab.api import cache_logits
 from kdlab.eval.plots import save_png
@@ -96,14 +97,6 @@ def base_config(data: dict[str, Any], epochs: int) -> dict[str, Any]:
             "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4},
             "scheduler": {"name": "cosine", "warmup_epochs": 0.5},
         },
-    }
-
-
-def mean_std(values: list[float]) -> dict[str, Any]:
-    return {
-        "mean": statistics.mean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "runs": values,
     }
 
 
