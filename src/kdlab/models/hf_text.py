@@ -41,19 +41,21 @@ TOKENIZER_FILES = (
 TYPE_BITS = 2  # packed input: id << TYPE_BITS | token type; -1 is padding (kdlab.data.text_table.pack)
 
 
-def tokenizer_fingerprint(directory: str | Path) -> str:
-    """sha256 over a tokenizer directory's files: what a tokenisation (and a cache of it) depends on."""
+def tokenizer_files(directory: str | Path) -> list[Path]:
+    """A tokenizer directory's files (``TOKENIZER_FILES`` present); none is one clear line."""
     root = Path(directory)
-    digest = hashlib.sha256()
-    found = False
-    for name in TOKENIZER_FILES:
-        path = root / name
-        if path.is_file():
-            found = True
-            digest.update(name.encode())
-            digest.update(path.read_bytes())
+    found = [root / name for name in TOKENIZER_FILES if (root / name).is_file()]
     if not found:
         raise ConfigError(f"{root} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...)")
+    return found
+
+
+def tokenizer_fingerprint(directory: str | Path) -> str:
+    """sha256 over a tokenizer directory's files: what a tokenisation (and a cache of it) depends on."""
+    digest = hashlib.sha256()
+    for path in tokenizer_files(directory):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -62,7 +64,7 @@ def load_tokenizer(directory: str | Path) -> Any:
     tf = _transformers()
     if not Path(directory).is_dir():
         raise ConfigError(f"tokenizer directory not found: {directory}")
-    tokenizer_fingerprint(directory)  # one clear line for a directory without a tokenizer
+    tokenizer_files(directory)  # one clear line for a directory without a tokenizer
     try:
         return tf.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as err:
