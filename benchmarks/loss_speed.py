@@ -2,6 +2,8 @@
 
     python benchmarks/loss_speed.py            # full: 60 interleaved repetitions per point
     python benchmarks/loss_speed.py --quick    # 15 repetitions
+    python benchmarks/loss_speed.py --shapes 2048x32000 8192x1000 --reps 15 --threads 2 \
+        --out benchmarks/results/loss_speed_lm  # language-model sizes (issue 21: ptloss <= 1.3x kd_loss)
 
 For each vocabulary it times, interleaved (so machine noise hits every variant alike), the median of
 forward + backward on (rows, V) logits for:
@@ -166,9 +168,10 @@ def markdown(result: dict) -> str:
         f"Machine: {env['machine']}; device {env['device']}; malloc: {env['malloc']}  ",
         f"Versions: python {env['python']}, torch {env['torch']}, kdlab {env['kdlab']}; {env['date_utc']} UTC  ",
         f"Rows {result['rows']}, temperature {TEMPERATURE}, epsilon {EPSILON}; median of {result['reps']} "
-        "interleaved repetitions (IQR in brackets); peak = extra memory of one step in a fresh process.",
+        "interleaved repetitions (IQR in brackets); peak = extra memory of one step in a fresh process.  ",
+        f"1-min load average: {result.get('load_average_1min', 'not recorded')} (before, after)",
         "",
-        "| vocab | variant | time ms | peak MiB | time / kd_loss (same backend) |",
+        f"| {result.get('key', 'vocab')} | variant | time ms | peak MiB | time / kd_loss (same backend) |",
         "|---:|---|---:|---:|---:|",
     ]
     for vocab, entry in result["vocabularies"].items():
@@ -191,6 +194,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="15 repetitions instead of 60")
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--vocab", type=int, nargs="+", default=[1000, 32000, 128000])
+    parser.add_argument("--shapes", nargs="+", default=None, help="ROWSxVOCAB pairs instead of --rows/--vocab")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process memory measurement")
@@ -203,26 +208,32 @@ def main() -> None:
     if args.memory_of:
         print(json.dumps({"peak_mib": measure_memory(args.memory_of, args.rows, args.vocab[0], args.device)}))
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     reps = args.reps or (15 if args.quick else 60)
+    shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes] if args.shapes else None
     env = environment()
     env["malloc"] = "glibc defaults" if args.system_malloc else " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
-    result: dict = {"environment": env, "rows": args.rows, "reps": reps, "vocabularies": {}}
-    for vocab in args.vocab:
-        timings = time_all(args.rows, vocab, reps, args.device)
+    result: dict = {"environment": env, "rows": "per shape" if shapes else args.rows, "reps": reps, "vocabularies": {}}
+    result["key"] = "rows x vocab" if shapes else "vocab"
+    load_before = os.getloadavg()[0]
+    for rows, vocab in shapes or [(args.rows, vocab) for vocab in args.vocab]:
+        key = f"{rows}x{vocab}" if shapes else str(vocab)
+        timings = time_all(rows, vocab, reps, args.device)
         ratios = {pt: timings[pt]["median_ms"] / timings[kd]["median_ms"] for pt, kd in PAIRS.items()}
         peaks = {
-            name: None if args.no_memory else memory_in_subprocess(name, args.rows, vocab, args.device)
-            for name in timings
+            name: None if args.no_memory else memory_in_subprocess(name, rows, vocab, args.device) for name in timings
         }
-        result["vocabularies"][str(vocab)] = {"time": timings, "ratios": ratios, "peak_mib": peaks}
+        result["vocabularies"][key] = {"time": timings, "ratios": ratios, "peak_mib": peaks}
         print(
-            f"vocab {vocab:>6}: ptloss/kd_loss = {ratios['ptloss[auto]']:.2f} (auto backend), "
+            f"{key:>10}: ptloss/kd_loss = {ratios['ptloss[auto]']:.2f} (auto backend), "
             f"{ratios['ptloss[eager]']:.2f} (eager), {ratios['ptloss autograd (Horner)']:.2f} (plain autograd); "
             f"kd_loss[auto] {timings['kd_loss[auto]']['median_ms']:.2f} ms, "
             f"ptloss[auto] {timings['ptloss[auto]']['median_ms']:.2f} ms; peak MiB "
             + ", ".join(f"{name} {'n/a' if peak is None else f'{peak:.1f}'}" for name, peak in peaks.items()),
             flush=True,
         )
+    result["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     atomic_write_json(args.out.with_suffix(".json"), result)
     atomic_write_text(args.out.with_suffix(".md"), markdown(result))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")

@@ -38,7 +38,7 @@ def _cache(tmp_path, teacher_run, name: str, batch: int | None) -> dict[str, tor
 
 
 def test_a_cache_built_at_a_larger_batch_equals_the_default_one(tmp_path, teacher_run):
-    default = _cache(tmp_path, teacher_run, "default", None)  # train.eval_batch_size: 1024
+    default = _cache(tmp_path, teacher_run, "default", None)  # train.eval_batch_size: 256
     small, large = _cache(tmp_path, teacher_run, "small", 7), _cache(tmp_path, teacher_run, "large", 4096)
     assert default.keys() == small.keys() == large.keys() == {"train.logits", "val.logits", "test.logits"}
     for key, reference in default.items():

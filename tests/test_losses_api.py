@@ -146,7 +146,7 @@ def really_compiled(monkeypatch):
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
-    monkeypatch.setitem(_fused._state, "compiled", None)
+    monkeypatch.setitem(_fused._state, "compiled", {})
     monkeypatch.setitem(_fused._state, "compile_failed", False)  # an earlier failure would hide this one
     eager_calls = []
     real_eager = _fused._eager_all

@@ -175,10 +175,13 @@ def build_cache(data, teacher, work: Path) -> tuple[dict, dict[str, float]]:
                     teacher(x[i : i + BATCH])
         return time.perf_counter() - start
 
+    from kdlab.config import TrainConfig
+
     first = bare_pass()
     start = time.perf_counter()
     acc = Accelerator(cpu=True)
-    logits = {split: predict(teacher, x, 10, 1024, acc) for split, x in xs.items()}
+    batch = TrainConfig().eval_batch_size  # the batch `kdlab cache-logits` uses by default
+    logits = {split: predict(teacher, x, 10, batch, acc) for split, x in xs.items()}
     path = work / f"cache-{os.getpid()}.safetensors"
     write_cache(path, logits, "data", "teacher", None)
     cached = read_cache(path, "data", "teacher")

@@ -195,7 +195,9 @@ class TrainConfig(_Strict):
     drop_last: bool = False
     # text: batches of rows of similar length (less padding), each epoch's order still drawn from (seed, epoch)
     group_by_length: bool = False
-    eval_batch_size: int = Field(1024, ge=1)
+    # evaluation's and the cache build's batch: 256, not larger, because a convolution's activations at 1024 rows
+    # leave the CPU's cache (the CNN-32 teacher: 1,288 rows/s at 1024, 1,775 at 256; benchmarks/cache_build.py)
+    eval_batch_size: int = Field(256, ge=1)
     # evaluate validation and train_eval (metrics.jsonl val/*, train_eval/*) after every N-th epoch; the last epoch
     # always. Evaluation is a fixed cost per epoch: on a tiny data set it can take longer than the training pass
     eval_every: int = Field(1, ge=1)

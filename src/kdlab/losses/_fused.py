@@ -22,7 +22,7 @@ import os
 import shutil
 import threading
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ _BACKENDS = ("auto", "eager", "compile")
 AUTO_COMPILE_MIN_ELEMENTS = 1 << 20  # below this the compiled kernel's call overhead is not worth it
 _CHUNK_ELEMENTS = 1 << 19  # eager chunks of ~2 MB in float32 stay in L2/L3
 
-_state: dict[str, object] = {"backend": os.environ.get("KDLAB_LOSS_BACKEND", "auto"), "compiled": None}
+_state: dict[str, Any] = {"backend": os.environ.get("KDLAB_LOSS_BACKEND", "auto"), "compiled": {}}
 _lock = threading.Lock()
 
 
@@ -94,32 +94,35 @@ def functional_rows(
     return value, p * (1 + c - h) - q
 
 
-def _eager_horner(u: Tensor, coef: list) -> Tensor | float:
-    """R(u) by Horner's rule, in place; a plain number when the polynomial is a constant."""
-    if len(coef) == 1:
-        return coef[0]
-    acc = torch.mul(u, coef[-1]).add_(coef[-2])
+def _eager_horner(u: Tensor, coef: list[Tensor], out: Tensor | None = None) -> Tensor:
+    """R(u) by Horner's rule, one fused multiply-add (``addcmul``) pass per degree, into ``out`` if given.
+
+    ``coef`` are 0-dim (shared) or (C,) (per class) tensors, lowest power first, at least two of them.
+    """
+    acc = torch.addcmul(coef[-2], u, coef[-1], out=out) if out is not None else torch.addcmul(coef[-2], u, coef[-1])
     for c in reversed(coef[:-2]):
-        acc.mul_(u).add_(c)
+        torch.addcmul(c, acc, u, out=acc)
     return acc
 
 
 def _eager_rows(
     s: Tensor, t: Tensor, inv_t: float, r_coef: list | None, d_coef: list | None, grad_out: Tensor | None
 ) -> Tensor:
+    """One chunk of rows, small enough to stay in cache: every pass after the first reads cached memory, so the
+    cost is the number of passes; the perturbation adds 2(M-1) Horner passes and five others."""
     ls = torch.log_softmax(s * inv_t, dim=-1)
     lt = torch.log_softmax(t * inv_t, dim=-1)
     q = lt.exp()
     diff = lt.sub_(ls)
     p = ls.exp_()
-    u = None
+    u = poly = None
     if r_coef is not None:
         u = torch.rsub(p, 1)
-        r = _eager_horner(u, r_coef)
-        if isinstance(r, Tensor):
-            diff.addcmul_(r, u)
+        if len(r_coef) == 1:  # M = 1: R is the constant eps_1
+            diff.addcmul_(u, r_coef[0])
         else:
-            diff.add_(u, alpha=r)
+            poly = _eager_horner(u, r_coef)
+            diff.addcmul_(poly, u)
     value = torch.linalg.vecdot(q, diff)
     if bool(torch.isnan(value).any()):  # rare: teacher logits of -inf give 0 * -inf; count them as 0
         value = torch.linalg.vecdot(q, diff.masked_fill_(diff.isneginf(), 0.0))
@@ -128,10 +131,11 @@ def _eager_rows(
     if d_coef is None:
         torch.sub(p, q, out=grad_out)
         return value
-    d = _eager_horner(u, d_coef)
-    h = d.mul_(q) if isinstance(d, Tensor) and d.shape == q.shape else q * d  # M = 1: d is a number or (C,)
+    # h = q * D(u), c = 1 + <p, h>; grad = p * (c - h) - q
+    h = torch.mul(q, d_coef[0], out=u) if len(d_coef) == 1 else _eager_horner(u, d_coef, out=poly).mul_(q)
     c = torch.linalg.vecdot(p, h).add_(1).unsqueeze(-1)
-    torch.mul(p, c, out=grad_out).sub_(q).addcmul_(p, h, value=-1.0)
+    torch.sub(c, h, out=h)
+    torch.mul(p, h, out=grad_out).sub_(q)
     return value
 
 
@@ -139,11 +143,11 @@ def _eager_all(s: Tensor, t: Tensor, temperature: float, epsilon: Tensor | None,
     num_rows, num_classes = s.shape
     if epsilon is None:
         r_list = d_list = None
-    else:
-        r_coef, d_coef = horner_coefficients(epsilon)
+    else:  # each coefficient a 0-dim (shared) or (C,) (per class) tensor, as addcmul takes them
+        r_coef, d_coef = horner_coefficients(epsilon.to(s.dtype))
         shared = r_coef.shape[1] == 1
-        r_list = r_coef.squeeze(1).tolist() if shared else list(r_coef.unbind(0))
-        d_list = d_coef.squeeze(1).tolist() if shared else list(d_coef.unbind(0))
+        r_list = list((r_coef.squeeze(1) if shared else r_coef).unbind(0))
+        d_list = list((d_coef.squeeze(1) if shared else d_coef).unbind(0))
     grad = torch.empty_like(s) if need_grad else None
     step = max(1, _CHUNK_ELEMENTS // max(num_classes, 1))
     values = [
@@ -160,12 +164,26 @@ def _eager_all(s: Tensor, t: Tensor, temperature: float, epsilon: Tensor | None,
     return (torch.cat(values) if values else s.new_zeros(0)), grad
 
 
-def _compiled_kernel():
+# Inductor's C++ backend stores an elementwise result in memory once it has more than ~30 operations or is read
+# more than 4 times; the perturbation's Horner polynomials cross both, and the stored (rows, C) buffers made the
+# compiled PTLoss 1.9-2.8x the compiled KD (benchmarks/results/loss_speed_lm.md). Recomputed in registers instead,
+# both kernels have the same loops and memory traffic. CPU only: GPU kernels keep Inductor's defaults.
+_CPU_COMPILE_OPTIONS = {
+    "realize_reads_threshold": 100,
+    "realize_opcount_threshold": 10_000,
+    "realize_acc_reads_threshold": 100,
+}
+
+
+def _compiled_kernel(device_type: str):
+    key = "cpu" if device_type == "cpu" else "other"
     with _lock:
-        if _state["compiled"] is None:
+        compiled = _state["compiled"]
+        if key not in compiled:
             # automatic dynamic shapes: the first call specialises, a new row count recompiles once
-            _state["compiled"] = torch.compile(functional_rows)
-    return _state["compiled"]
+            options = _CPU_COMPILE_OPTIONS if key == "cpu" else None
+            compiled[key] = torch.compile(functional_rows, options=options)
+    return compiled[key]
 
 
 def _use_compile(s: Tensor) -> bool:
@@ -182,7 +200,7 @@ def _compute(s: Tensor, t: Tensor, temperature: float, epsilon: Tensor | None, n
         try:
             r_coef, d_coef = (None, None) if epsilon is None else horner_coefficients(epsilon)
             inv_t = torch.tensor(1.0 / temperature, dtype=s.dtype, device=s.device)
-            return _compiled_kernel()(s, t, inv_t, r_coef, d_coef, need_grad)
+            return _compiled_kernel(s.device.type)(s, t, inv_t, r_coef, d_coef, need_grad)
         except Exception as err:  # a missing compiler must not stop training: fall back, say so once
             _state["compile_failed"] = True
             warnings.warn(f"kdlab: torch.compile of the loss kernel failed, using eager ({err!s:.200})", stacklevel=3)
