@@ -58,6 +58,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "kdlab + teacher.compile": ("kdlab", {"teacher_compile": True}),
     "kdlab + teacher.quantize=int8_dynamic": ("kdlab", {"teacher_quantize": "int8_dynamic"}),
     "kdlab (logit cache)": ("kdlab-cache", {}),
+    "kdlab (defaults), 2 processes x 1 thread (torchrun)": ("kdlab-2-processes", {}),
     "kdlab (logit cache) + channels_last": ("kdlab-cache", {"channels_last": True}),
 }
 LIVE_FAST = "kdlab + channels_last (teacher, student)"  # the acceptance row: math-preserving switches only
@@ -194,6 +195,14 @@ def render(payload: dict) -> str:
                 f"- {name}: top-1 agreement with the exact teacher {runs[0]['teacher_agreement']:.4f}, KD loss "
                 f"between them {runs[0]['teacher_kd_loss_gap']:.2e} (2,000 test rows)"
             )
+    for name, runs in payload["trials"].items():
+        if runs and "processes" in runs[0]:
+            per = [t["steady_samples_per_second_per_process"] for t in runs]
+            lines.append(
+                f"- {name}: {runs[0]['processes']} processes × {runs[0]['threads_per_process']} thread; samples/s per "
+                f"process median {statistics.median(per):.0f} (min–max {min(per):.0f}–{max(per):.0f}), the table's "
+                "figure is the total (rank 0's clock counts global batches)"
+            )
     lines += ["", "What each contender imports and what was patched:", ""]
     lines += [f"- {name}: {text}" for name, text in IMPORTS.items()]
     return "\n".join(lines) + "\n"
@@ -208,7 +217,8 @@ IMPORTS = {
     "torchdistill 1.1.5": "torchdistill 1.1.5 + torchvision 0.28.0 in their own venv on the same torch build; "
     "torchvision's C++ ops cannot load on the CPU build, so trial.py defines the `nms`/`qnms` schemas its import "
     "registers fake kernels for (no torchvision op runs); its documented Dataset + DataLoader path",
-    "kdlab": "kdlab.engine.fit (+ accelerate, safetensors, pydantic); nothing patched",
+    "kdlab": "kdlab.engine.fit (+ accelerate, safetensors, pydantic); nothing patched. The 2-process row: the same "
+    "trial under `torchrun --nproc_per_node 2` (gloo), global batch 128 (64 rows per process), 1 thread per process",
 }
 PEER_NAMES = {"torch", "torchvision", "torchdistill", "numpy", "scipy"}
 

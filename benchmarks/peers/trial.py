@@ -162,6 +162,28 @@ def kdlab(data, teacher, student, seed: int, clock: Clock, flags: dict, cached: 
         )
 
 
+def two_processes(argv: list[str], threads: int) -> dict:
+    """``kdlab`` as 2 processes (torchrun, gloo), ``threads // 2`` threads each: rank 0's JSON line, whose clock counts
+    global batches (``train.batch_size`` is the global batch), plus the per-process figures."""
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    per_process = max(1, threads // 2)
+    pools = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "KDLAB_BENCH_THREADS")
+    env = dict(os.environ, **dict.fromkeys(pools, str(per_process)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    done = subprocess.run([*command, __file__, *argv], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"torchrun failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["processes"], result["threads_per_process"] = 2, result.pop("torch_threads")
+    result["steady_samples_per_second_per_process"] = result["steady_samples_per_second"] / 2
+    return result
+
+
 def build_cache(data, teacher, work: Path) -> tuple[dict, dict[str, float]]:
     """The logit cache as ``kdlab cache-logits`` makes it (every split, float16 safetensors, read back), timed —
     and the bare teacher forward pass over the same rows at the training batch, timed before and after it."""
@@ -213,7 +235,7 @@ def faithful(teacher, flags: dict, x) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("variant", choices=["floor", "torchdistill", "kdlab", "kdlab-cache"])
+    parser.add_argument("variant", choices=["floor", "torchdistill", "kdlab", "kdlab-cache", "kdlab-2-processes"])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flags", default="{}")
@@ -221,6 +243,11 @@ def main() -> None:
     flags = json.loads(args.flags)
     if flags.get("malloc_tuned") and os.environ.get("MALLOC_TRIM_THRESHOLD_") != MALLOC_TUNED["MALLOC_TRIM_THRESHOLD_"]:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_TUNED})
+    if args.variant == "kdlab-2-processes":  # this process only launches and reports: the ranks do the work
+        argv = ["kdlab", "--work", str(args.work), "--seed", str(args.seed), "--flags", args.flags]
+        result = {k: v for k, v in two_processes(argv, THREADS).items() if k not in ("torch_build", "pid")}
+        print(trial_result({**result, "variant": args.variant}), flush=True)
+        return
     from common import load_models, load_work, peak_rss_mib, test_metrics
 
     torch.manual_seed(args.seed)
@@ -240,6 +267,8 @@ def main() -> None:
             cached, build = build_cache(data, teacher, args.work)
             extra.update(build)
         kdlab(data, teacher, student, args.seed, clock, json.loads(args.flags), cached)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 reports
+        return
     result = {"variant": args.variant, "seed": args.seed, "flags": json.loads(args.flags), **clock.result(), **extra}
     result["call_seconds"] = time.perf_counter() - wall  # + the library's own evaluation (kdlab: val and test)
     result.update(test_metrics(student, teacher, data["x_test"], data["y_test"]))
