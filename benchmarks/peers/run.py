@@ -49,6 +49,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "hand-written floor": ("floor", {}),
     "hand-written floor, glibc malloc thresholds raised": ("floor", {"malloc_tuned": True}),
     "torchdistill 1.1.5": ("torchdistill", {}),
+    "torchdistill 1.1.5, glibc malloc thresholds raised": ("torchdistill", {"malloc_tuned": True}),
     "kdlab (defaults)": ("kdlab", {}),
     "kdlab + channels_last (teacher, student)": ("kdlab", {"teacher_channels_last": True, "channels_last": True}),
     "kdlab + channels_last + teacher.precision=bf16": (
@@ -211,6 +212,7 @@ def render(payload: dict) -> str:
 CACHED = "kdlab (logit cache)"
 IMPORTS = {
     "hand-written floor": "torch only (trial.py `floor`, common.py); nothing patched",
+    "torchdistill 1.1.5, glibc malloc thresholds raised": "the same, started with the floor's malloc settings",
     "hand-written floor, glibc malloc thresholds raised": "the same loop started with MALLOC_TRIM_THRESHOLD_=2^34 and "
     "MALLOC_MMAP_THRESHOLD_=2^25 (trial.py `MALLOC_TUNED`): freed activation buffers stay in the heap instead of "
     "being returned to the OS and faulted in again every step",
@@ -248,7 +250,7 @@ def main() -> None:
     info = prepare_work(6_912 if args.quick else args.rows, repetitions + 1)  # + the warm-up round's seed
     contenders = []
     for name, (variant, flags) in VARIANTS.items():
-        if (args.only and name not in args.only) or name in skipped:
+        if (args.only and name not in args.only) or name in skipped or (variant == "torchdistill" and peer is None):
             continue
         python = str(peer if variant == "torchdistill" else sys.executable)
         argv = (str(HERE / "trial.py"), variant, "--work", str(WORK), "--flags", json.dumps(flags))
