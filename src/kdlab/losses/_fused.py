@@ -30,7 +30,7 @@ from torch import Tensor
 Backend = Literal["auto", "eager", "compile"]
 _BACKENDS = ("auto", "eager", "compile")
 AUTO_COMPILE_MIN_ELEMENTS = 1 << 20  # below this the compiled kernel's call overhead is not worth it
-_CHUNK_ELEMENTS = 1 << 19  # eager chunks of ~2 MB in float32 stay in L2/L3
+_CHUNK_ELEMENTS = 1 << 17  # eager chunks of 512 KB in float32: ~5 % faster than 2 MB on this CPU (L2-sized)
 
 _state: dict[str, Any] = {"backend": os.environ.get("KDLAB_LOSS_BACKEND", "auto"), "compiled": {}}
 _lock = threading.Lock()
@@ -97,9 +97,11 @@ def functional_rows(
 def _eager_horner(u: Tensor, coef: list[Tensor], out: Tensor | None = None) -> Tensor:
     """R(u) by Horner's rule, one fused multiply-add (``addcmul``) pass per degree, into ``out`` if given.
 
-    ``coef`` are 0-dim (shared) or (C,) (per class) tensors, lowest power first, at least two of them.
+    ``coef`` are 0-dim (shared) or (C,) (per class) tensors, lowest power first, at least two of them. The first
+    step is a multiply and an add: ``addcmul`` with a 0-dim factor takes a slow, unvectorised path (4x here).
     """
-    acc = torch.addcmul(coef[-2], u, coef[-1], out=out) if out is not None else torch.addcmul(coef[-2], u, coef[-1])
+    acc = torch.mul(u, coef[-1], out=out) if out is not None else torch.mul(u, coef[-1])
+    acc.add_(coef[-2])
     for c in reversed(coef[:-2]):
         torch.addcmul(c, acc, u, out=acc)
     return acc
@@ -118,8 +120,8 @@ def _eager_rows(
     u = poly = None
     if r_coef is not None:
         u = torch.rsub(p, 1)
-        if len(r_coef) == 1:  # M = 1: R is the constant eps_1
-            diff.addcmul_(u, r_coef[0])
+        if len(r_coef) == 1:  # M = 1: R is the constant eps_1 (u is not needed after this)
+            diff.add_(u.mul_(r_coef[0]))
         else:
             poly = _eager_horner(u, r_coef)
             diff.addcmul_(poly, u)
@@ -132,7 +134,7 @@ def _eager_rows(
         torch.sub(p, q, out=grad_out)
         return value
     # h = q * D(u), c = 1 + <p, h>; grad = p * (c - h) - q
-    h = torch.mul(q, d_coef[0], out=u) if len(d_coef) == 1 else _eager_horner(u, d_coef, out=poly).mul_(q)
+    h = torch.mul(q, d_coef[0], out=u) if poly is None else _eager_horner(u, d_coef, out=poly).mul_(q)
     c = torch.linalg.vecdot(p, h).add_(1).unsqueeze(-1)
     torch.sub(c, h, out=h)
     torch.mul(p, h, out=grad_out).sub_(q)
