@@ -217,6 +217,12 @@ class TrainConfig(_Strict):
     # speed switches for the student's step (kdlab.engine.speed): channels-last layout, torch.compile
     channels_last: bool = False
     compile: bool = False
+    # the PID (Red/Uni/Syn, kdlab.eval.pid) of the method's first layer pair, or of pid_layers [student, teacher],
+    # on the first pid_rows validation rows after every N-th epoch and the last -> <run>/pid.jsonl; 0: off
+    pid_every: int = Field(0, ge=0)
+    pid_rows: int = Field(2000, ge=2)
+    pid_clusters: int = Field(8, ge=2)
+    pid_layers: list[str] | None = Field(None, min_length=2, max_length=2)
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
 
@@ -304,6 +310,12 @@ class RunBase(_Strict):
     train: TrainConfig = TrainConfig()
     cache: CacheConfig = CacheConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _pid_is_for_classification(self) -> RunBase:
+        if self.train.pid_every and getattr(self, "task", "classify") not in ("classify", "text_classify"):
+            raise ValueError("train.pid_every is for task: classify and text_classify")
+        return self
 
 
 class ClassifyConfig(RunBase):
