@@ -64,9 +64,9 @@ def train_splits(
     )
     method.setup(step.setup_context())
     pair = pid_pair(cfg, method, teacher is not None or cached_logits is not None, len(data.y_val))
-    if pair is not None:  # train.pid_every: an epoch-end callback of the loop
+    if pair is not None:  # train.pid_every: an epoch-end callback of the loop, before the caller's see the step
         main = acc.is_main_process
-        callbacks = [*(callbacks or []), PIDLog(step, pair, cfg, resume=resume, main=main, seed=seed)]
+        callbacks = [PIDLog(step, pair, cfg, resume=resume, main=main, seed=seed), *(callbacks or [])]
     result, trainable = run_loop(
         step, method, cfg, accelerator=acc, out_dir=out_dir, seed=seed, resume=resume, callbacks=callbacks
     )
