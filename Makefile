@@ -65,7 +65,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/lm_sparse_gap.py --work runs/lm_stdlib-strong
 	$(PY) benchmarks/compress_fmnist.py
 	$(PY) benchmarks/peers/run.py
+	$(PY) benchmarks/cache_build.py
+	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/loss_speed.py --shapes 2048x32000 8192x1000 --reps 15 --threads 2 --no-memory --out benchmarks/results/loss_speed_lm
 	$(PY) benchmarks/cost_model.py
+	$(PY) benchmarks/rid_fmnist.py
+	$(PY) benchmarks/dpd.py
+	$(PY) benchmarks/text_rt_data.py && $(PY) benchmarks/text_rt.py
+	# not here: benchmarks/cooperative.py (needs `apt-get install r-cran-mlbench` and `pip install rdata`)
 
 # Mutation testing (docs/testing.md): not part of CI; tens of minutes on 2 cores (benchmarks/results/mutation.md
 # records each run's wall time and load). MODULES picks groups

@@ -127,3 +127,32 @@ def test_a_faithful_fast_teacher_passes_and_its_numbers_reach_the_summary(tmp_pa
     assert on_disk["fast_teacher"] == report
     plain = distill(_student_cfg(tmp_path, {"run": str(teacher_run)}, out="plain"))
     assert plain["fast_teacher"] is None  # no switch: no check, no second teacher pass
+
+
+def test_the_teacher_runs_over_the_validation_split_once(tmp_path, monkeypatch):
+    """The teacher check's pass over the whole validation split is the one the step needs for its per-epoch
+    agreement: kept, not made twice; the run's metrics still see the teacher's validation logits."""
+    from kdlab.engine import predict as predict_module
+    from kdlab.engine import supervised
+    from kdlab.tasks import classify
+
+    weights = tmp_path / "t.safetensors"
+    save_weights(models.create("mlp", 10, (64,), hidden=[32]), weights)
+    teacher = {"model": {"name": "mlp", "kwargs": {"hidden": [32]}}, "weights": str(weights)}
+    cfg = _student_cfg(tmp_path, teacher)
+    cfg["teacher"]["check"] = "warn"
+    rows: list[int] = []
+
+    def counted(model, x, *args, **kwargs):
+        if model is not None and not any(p.requires_grad for p in model.parameters()):  # the frozen teacher
+            rows.append(len(x))
+        return predict_module.predict(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(classify, "predict", counted)
+    monkeypatch.setattr(supervised, "predict", counted)
+    with pytest.warns(UserWarning):  # an untrained teacher: the check warns, the run goes on
+        summary = distill(cfg)
+    val_rows = summary["data"]["val"]
+    assert rows.count(val_rows) == 1, f"teacher passes (rows each): {rows}; validation has {val_rows}"
+    history = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/agreement" in r for r in history)

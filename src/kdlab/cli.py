@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 
@@ -65,27 +64,6 @@ def _root(
     """kdlab: knowledge distillation for PyTorch."""
 
 
-def _losses_table() -> Table:
-    from kdlab import losses
-
-    table = Table(title="Registered losses (kdlab.losses.get(name, **kwargs))")
-    table.add_column("name", style="bold cyan")
-    table.add_column("hyper-parameters (defaults)")
-    table.add_column("needs")
-    table.add_column("what it is")
-    for name in losses.available():
-        cls = losses.registry._REGISTRY[name]
-        params = inspect.signature(cls.__init__).parameters.values()
-        hyper = ", ".join(
-            p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default}"
-            for p in params
-            if p.name not in ("self", "reduction")
-        )
-        needs = ", ".join(n for n, flag in (("teacher", cls.requires_teacher), ("labels", cls.requires_target)) if flag)
-        table.add_row(name, hyper, needs, (cls.__doc__ or "").strip().splitlines()[0])
-    return table
-
-
 def _tables():
     """``kdlab.eval.tables``, imported when a command prints (``kdlab --help`` stays light)."""
     from kdlab.eval import tables
@@ -107,35 +85,21 @@ def losses_command(
     example: bool = typer.Option(False, "--example", help="Also run the proxy-teacher worked example."),
 ) -> None:
     """List the registered losses and their hyper-parameters."""
-    console.print(_losses_table())
+    from kdlab.cli_listing import losses_table
+
+    console.print(losses_table())
     if example:
         from kdlab.demo import run_loss_demo
 
         run_loss_demo(console)
 
 
-def _default(field) -> object:
-    if field.is_required():
-        return "required"
-    return field.default if field.default_factory is None else field.default_factory()
-
-
 @app.command("methods")
 def methods_command() -> None:
     """List the registered distillation methods, the tasks each supports and their hyper-parameters."""
-    from kdlab import methods
+    from kdlab.cli_listing import methods_table
 
-    table = Table(title="Distillation methods (method: {name: ..., ...} in a config)")
-    table.add_column("name", style="bold cyan")
-    table.add_column("tasks")
-    table.add_column("hyper-parameters (defaults)")
-    for name in methods.available():
-        cls = methods.get_class(name)
-        for i, task in enumerate(cls.tasks):
-            fields = cls.params_for(task).model_fields
-            shown = ", ".join(f"{k}={_default(f)}" for k, f in fields.items())
-            table.add_row(name if i == 0 else "", task, shown)
-    console.print(table)
+    console.print(methods_table())
 
 
 @app.command("train")
@@ -406,72 +370,12 @@ def export_command(
         console.print(f"onnxruntime CPU latency (median, {report['threads']} threads): {timings}")
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings for the user (e.g. an overlapping split) as one yellow line, not Python's two-line format."""
-    Console(stderr=True, width=console.width).print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)
-
-
-class Interrupted(BaseException):
-    """Ctrl-C as kdlab's own exception: click turns a KeyboardInterrupt into "Aborted!" and exit code 1, while
-    ``main`` reports this one as one line and exit code 130 (the shell's code for SIGINT). Like a
-    KeyboardInterrupt it is no ``Exception``: every ``finally`` runs, so atomic writes leave no temporary file
-    and the run directory's lock is released."""
-
-
-def _interrupt(signum, frame) -> None:
-    raise Interrupted()
-
-
-def _os_error_line(err: OSError) -> str:
-    """A failed read or write (a full disk, a read-only directory) as one line naming the file."""
-    where = f" {err.filename}" if err.filename else ""
-    reason = err.strerror or str(err) or type(err).__name__
-    return f"cannot read or write{where}: {reason}"
-
-
-def _error(message: str) -> None:
-    from rich.text import Text
-
-    line = Text.assemble(("error:", "bold red"), " ", message)  # a message's own [brackets] stay as they are
-    Console(stderr=True, width=console.width).print(line, soft_wrap=True)
-
-
 def main() -> None:
     """Entry point: a user error becomes one red line and exit code 2 (Ctrl-C: "interrupted", exit code 130),
-    never a traceback."""
-    import signal
-    import threading
-    import warnings
+    never a traceback (``kdlab.cli_run``)."""
+    from kdlab.cli_run import run_app
 
-    from kdlab.errors import TrainingError  # light: --help must not import torch
-
-    warnings.showwarning = _one_line_warning
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, _interrupt) if main_thread else None
-    finished = False
-    try:
-        app()
-        finished = True
-    except SystemExit as done:  # click ends every command with sys.exit
-        finished = done.code in (0, None)
-        raise
-    except (ValueError, FileNotFoundError, TrainingError) as err:
-        _error(str(err))
-        sys.exit(2)
-    except OSError as err:
-        _error(_os_error_line(err))
-        sys.exit(2)
-    except (Interrupted, KeyboardInterrupt):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up below
-        _error("interrupted")
-        sys.exit(130)
-    finally:  # under torchrun: tear the process group down before exit (kdlab.engine.end_process_group)
-        if main_thread:  # main() called in-process (tests, scripts) leaves Ctrl-C as it found it
-            signal.signal(signal.SIGINT, previous)
-        if "torch" in sys.modules:  # nothing imported torch (e.g. --help): no process group can exist
-            from kdlab.engine.processes import end_process_group
-
-            end_process_group(wait=finished)
+    run_app(app, console.width)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from kdlab.config_compress import CompressConfig, PruneConfig, QuantizeConfig  # noqa: F401  (re-exported)
 from kdlab.config_cooperative import CooperativeSections
 from kdlab.errors import ConfigError
 from kdlab.rl_config import RLSection
@@ -265,39 +266,6 @@ class TrackingConfig(_Strict):
     mlflow_uri: str | None = None
 
 
-class PruneConfig(_Strict):
-    kind: Literal["unstructured", "structured"] = "unstructured"
-    sparsity: float = Field(0.5, ge=0, lt=1)
-    steps: int = Field(1, ge=1)  # iterative: prune a step, recover train.epochs, repeat
-    schedule: Literal["geometric", "linear"] = "geometric"
-    norm: Literal["l1", "l2"] = "l1"  # structured: unit score = norm of its incoming weights
-
-
-class QuantizeConfig(_Strict):
-    """int8 quantization (kdlab.compress.quantize): ``ptq`` after training, or ``qat`` trained with ``method``."""
-
-    mode: Literal["ptq", "qat"] = "ptq"
-    scheme: Literal["int8_dynamic", "int8_weight_only"] = "int8_dynamic"
-
-
-class CompressConfig(_Strict):
-    """``kdlab compress``: prune and/or quantize the model of the finished run ``source``, recovering with ``method``.
-
-    Prune first, then quantize. Without either section it prunes with ``PruneConfig``'s defaults (as before
-    quantization existed).
-    """
-
-    source: str
-    prune: PruneConfig | None = None
-    quantize: QuantizeConfig | None = None
-
-    @model_validator(mode="after")
-    def _default_prune(self) -> CompressConfig:
-        if self.prune is None and self.quantize is None:
-            self.prune = PruneConfig()
-        return self
-
-
 class RunBase(_Strict):
     """The sections every task shares; each task's config adds its ``task`` tag and its own sections."""
 
@@ -485,67 +453,3 @@ def load_config(source: str | Path | dict[str, Any] | RunBase, overrides: list[s
 
 def dump_config(cfg: RunBase) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-def _absolute(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).expanduser().absolute())
-
-
-def _absolute_glob(spec: str | list[str] | None) -> str | list[str] | None:
-    if isinstance(spec, list):
-        return [str(_absolute(s)) for s in spec]
-    return _absolute(spec)
-
-
-def _absolute_model(model: ModelConfig) -> ModelConfig:
-    """A model directory given as the name (Hugging Face) or as kwargs.path / kwargs.tokenizer, made absolute."""
-    update: dict[str, Any] = {}
-    if Path(model.name).is_dir():
-        update["name"] = _absolute(model.name)
-    dirs = {k: _absolute(v) for k, v in model.kwargs.items() if k in ("path", "tokenizer") and Path(str(v)).is_dir()}
-    if dirs:
-        update["kwargs"] = {**model.kwargs, **dirs}
-    return model.model_copy(update=update)
-
-
-def _absolute_teacher(teacher: TeacherConfig) -> TeacherConfig:
-    members = None if teacher.ensemble is None else [_absolute_teacher(m) for m in teacher.ensemble]
-    model = None if teacher.model is None else _absolute_model(teacher.model)
-    return teacher.model_copy(
-        update={
-            "run": _absolute(teacher.run),
-            "weights": _absolute(teacher.weights),
-            "ensemble": members,
-            "model": model,
-        }
-    )
-
-
-def absolute_paths(cfg: RunBase) -> RunBase:
-    """``cfg`` with every file path made absolute (relative to the current directory, as it was read): the
-    config a run directory keeps works from anywhere (``kdlab evaluate RUN`` started elsewhere)."""
-    update: dict[str, Any] = {
-        "out": _absolute(cfg.out),
-        "cache": cfg.cache.model_copy(update={"path": _absolute(cfg.cache.path)}),
-    }
-    if cfg.teacher is not None:
-        update["teacher"] = _absolute_teacher(cfg.teacher)
-    update["model"] = _absolute_model(cfg.model)
-    data = getattr(cfg, "data", None)
-    if isinstance(data, DataConfig):
-        update["data"] = data.model_copy(
-            update={k: _absolute(getattr(data, k)) for k in ("path", "val_path", "test_path")}
-        )
-    elif isinstance(data, TextClassifyDataConfig):
-        update["data"] = data.model_copy(
-            update={k: _absolute(getattr(data, k)) for k in ("path", "val_path", "test_path", "token_cache")}
-        )
-    elif isinstance(data, TextDataConfig):
-        paths = {k: _absolute_glob(getattr(data, k)) for k in ("train", "val", "test")}
-        if Path(data.tokenizer).is_dir():
-            paths["tokenizer"] = _absolute(data.tokenizer)
-        update["data"] = data.model_copy(update=paths)
-    compress = getattr(cfg, "compress", None)
-    if compress is not None:
-        update["compress"] = compress.model_copy(update={"source": _absolute(compress.source)})
-    return cfg.model_copy(update=update)

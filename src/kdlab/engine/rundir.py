@@ -21,10 +21,11 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 import kdlab
-from kdlab.config import RunBase, TrackingConfig, TrainConfig, absolute_paths, dump_config
+from kdlab.config import RunBase, TrackingConfig, TrainConfig, dump_config
 from kdlab.errors import ConfigError
 from kdlab.io import atomic_write_json, atomic_write_text
 
+from .config_paths import absolute_paths
 from .runguard import SUMMARY, contents
 
 

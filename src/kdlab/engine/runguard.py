@@ -29,12 +29,13 @@ from typing import Any
 
 import yaml
 
-from kdlab.config import RunBase, absolute_paths, load_config
+from kdlab.config import RunBase, load_config
 from kdlab.errors import ConfigError
 from kdlab.io import TEMP_SUFFIX, set_default_mode
 from kdlab.models.registry import check_import
 
 from .checkpoint import latest_checkpoint, verify_checkpoint
+from .config_paths import absolute_paths
 
 LOCK = ".lock"
 SUMMARY = "summary.json"

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 from safetensors import safe_open
@@ -69,6 +68,8 @@ class KnowledgeBase:
         return content_digest(self.embeddings, self.soft_labels, self.projection)
 
     def _build_index(self) -> Any:
+        import faiss  # here, not at import: every `kdlab` command imports the methods, few build an index
+
         faiss.omp_set_num_threads(torch.get_num_threads())  # no more threads than torch is allowed
         dim = self.embeddings.shape[1]
         if self.index_kind == "flat":
@@ -84,6 +85,8 @@ class KnowledgeBase:
         Queries are normalised here: the inner product is the cosine similarity."""
         k = min(int(k), len(self))
         q = torch.nn.functional.normalize(queries.detach().float().cpu(), dim=1).contiguous().numpy()
+        import faiss
+
         faiss.omp_set_num_threads(torch.get_num_threads())
         scores, ids = self._index.search(np.ascontiguousarray(q), k)
         return torch.from_numpy(scores), torch.from_numpy(ids).long()

@@ -226,7 +226,11 @@ def run_classify(
         check_outputs(teacher, data, f"teacher {teacher_desc}")
         temperature = float(getattr(method.params, "temperature", 1.0))
         teacher, fast_report = guarded_fast_teacher(cfg.teacher, data, teacher, temperature, acc)
-    teacher_check = _check_teacher(cfg, data, teacher, cached, acc) if teacher is not None or cached else None
+    teacher_check, checked = (None, None)
+    if teacher is not None or cached:
+        teacher_check, checked = _check_teacher(cfg, data, teacher, cached, acc)
+    if cached is None and checked is not None:  # the check's pass over the whole validation split is the one the
+        cached = {"val": checked}  # step would make next (same predict call): kept instead of run twice
     torch.manual_seed(cfg.seed)
     student = build_student(cfg, data) if student is None else student
     check_outputs(student, data, f"model {cfg.model.name!r}")  # before touching `out`, as the teacher
@@ -270,23 +274,28 @@ def run_classify(
     return summary
 
 
-def _check_teacher(cfg: RunConfig, data, teacher: nn.Module | None, cached: dict | None, acc) -> dict | None:
+def _check_teacher(
+    cfg: RunConfig, data, teacher: nn.Module | None, cached: dict | None, acc
+) -> tuple[dict | None, torch.Tensor | None]:
     """The teacher's accuracy before training (``teacher.check``): on validation, or on training rows when the
-    run has no validation split."""
+    run has no validation split. Also the live teacher's logits when they cover the whole validation split."""
     if cfg.teacher is None or cfg.teacher.check == "off":
-        return None
+        return None, None
     split = "val" if len(data.y_val) else "train"
     rows = min(len(getattr(data, f"y_{split}")), TEACHER_CHECK_ROWS)
+    whole_val = None
     if cached is not None:
         logits = cached[split][:rows]
     else:
         assert teacher is not None
         x = getattr(data, f"x_{split}")[:rows]
         logits = predict(teacher.to(acc.device), x, data.num_classes, cfg.train.eval_batch_size, acc)
+        whole_val = logits if split == "val" and rows == len(data.y_val) else None
     directory = Path(cfg.teacher.run) if cfg.teacher.run is not None else None
     recorded = recorded_accuracy(cfg.teacher, directory)
     y = getattr(data, f"y_{split}")[:rows]
-    return check_teacher(logits, y, data.num_classes, split=split, recorded=recorded, mode=cfg.teacher.check)
+    report = check_teacher(logits, y, data.num_classes, split=split, recorded=recorded, mode=cfg.teacher.check)
+    return report, whole_val
 
 
 def _check_describes(cfg: RunConfig, data, model: nn.Module) -> None:

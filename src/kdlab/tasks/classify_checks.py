@@ -118,7 +118,7 @@ def guarded_fast_teacher(
 
 
 @torch.inference_mode()
-def _plain_logits(model: nn.Module, x: Tensor, device: torch.device, batch: int = 1024) -> Tensor:
+def _plain_logits(model: nn.Module, x: Tensor, device: torch.device, batch: int = 256) -> Tensor:
     """Logits outside any autocast (``train.mixed_precision`` must not make the exact teacher inexact); every
     process computes the same few thousand rows, no gather needed."""
     with torch.autocast(device.type, enabled=False):
