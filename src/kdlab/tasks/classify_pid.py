@@ -83,3 +83,21 @@ def write_run_pid(run: Path, clusters: int = 8, bootstrap: int = 20) -> str:
     return (
         f"PID (bits, {found['student_layer']} vs teacher {found['teacher_layer']}, test): {shown} -> {run / 'pid.json'}"
     )
+
+
+def pid_lines(run: Path, estimate: bool) -> list[str]:
+    """What ``kdlab evaluate`` says of a run's PID: the last line of its pid.jsonl (``train.pid_every``, free) and,
+    with ``estimate`` (``--pid``), a test-split estimate with intervals (10-40 s: not by default)."""
+    from kdlab.eval.pid import PID_LOG, read_log
+
+    lines = []
+    logged = read_log(run)
+    if logged:
+        last = logged[-1]
+        terms = [("Red", "red"), ("Uni(T\\S)", "unique_t"), ("Uni(S\\T)", "unique_s"), ("Syn", "synergy"),
+                 ("I(T;S)", "mi_ts")]  # fmt: skip
+        shown = ", ".join(f"{name} {last[k]:.3f}" for name, k in terms)
+        lines.append(f"PID at epoch {last['epoch']} (bits, {last['rows']} val rows, {run / PID_LOG}): {shown}")
+    if estimate:
+        lines.append(write_run_pid(run))
+    return lines
