@@ -23,8 +23,9 @@ student (4.0x fewer actor parameters) on the teacher's states and on the student
 steps each, 5 seeds. Results: benchmarks/results/dpd.{json,md,png} (--quick: benchmarks/results/quick/).
 
 Pendulum-v1 (``--envs Pendulum-v1``; results/dpd_pendulum.*, no distillation part): the same five arms with
-Stable-Baselines3 SAC learners (``rl.algo: sac``; DPD's value is the critic's Q(s, π(s))), 16,000 environment
-steps per run, rounds of 200 steps (one episode), SAC lr 1e-3, batch 128, γ 0.98, 1,000 warm-up steps, 64x64
+Stable-Baselines3 SAC learners (``rl.algo: sac``; DPD's value is the critic's Q(s, π(s))), 10,000 environment
+steps per run, rounds of 200 steps (one episode), SAC lr 1e-3, batch 128, γ 0.98, 500 warm-up steps, one
+gradient step every 2 environment steps (train_freq 2: half SB3's default, for the shared machine), 64x64
 actor and critics. DPD: 20 imitation steps on 256 states of the peer's replay buffer after every round,
 β = 0.75 (the authors' DDPG example) — a tenth of the authors' DDPG rate (one step per training step).
 """
@@ -63,8 +64,15 @@ BUDGET = {"CartPole-v1": 12_288, "Acrobot-v1": 16_384}  # sized for a shared 2-c
 OFFPOLICY = {
     "Pendulum-v1": {
         "algo": "sac",
-        "budget": 16_000,
-        "offpolicy": {"round_steps": 200, "learning_starts": 1000, "batch_size": 128, "lr": 1e-3, "gamma": 0.98},
+        "budget": 10_000,
+        "offpolicy": {
+            "round_steps": 200,
+            "learning_starts": 500,
+            "train_freq": 2,
+            "batch_size": 128,
+            "lr": 1e-3,
+            "gamma": 0.98,
+        },
         "dpd": {"every": 1, "steps": 20, "batch": 256, "beta": 0.75},
     }
 }

@@ -54,7 +54,7 @@ def _config(tmp_path, name: str, algo: str = "td3", **rl) -> dict:
         "total_steps": 512,
         "hidden": [8],
         "eval_episodes": 1,
-        "offpolicy": {"round_steps": 64, "learning_starts": 64, "batch_size": 32, "buffer_size": 1000},
+        "offpolicy": {"round_steps": 64, "learning_starts": 64, "batch_size": 32, "buffer_size": 1000, "train_freq": 4},
     }
     section.update(rl)
     return {"task": "rl", "out": str(tmp_path / name), "seed": 1, "train": {"progress": False}, "rl": section}
@@ -101,27 +101,33 @@ def test_td3_single_and_dpd_spend_the_same_environment_steps(tmp_path):
 
 @pytest.mark.parametrize("algo", ["td3", "sac"])
 def test_offpolicy_resume_continues_the_same_learning_curve(tmp_path, algo):
-    """Cut after round 3 (checkpoint of round 2), resume: the same metrics lines and the same policies, which
-    needs the replay buffers, both optimisers (SAC: the entropy coefficient) and every generator restored."""
-    base = _config(tmp_path, "full", algo, mode="dpd", total_steps=640, dpd={"every": 1, "batch": 32})
+    """Cut a run, resume it: the same metrics lines and the same policies. Two cuts: one whose checkpoint
+    (round 1, 64 steps) is still in the random warm-up (96 steps: the action space's generator must be
+    restored), one whose checkpoint (round 2, 128 steps) is after training began (the replay buffers, both
+    optimisers and SAC's entropy coefficient must be; SAC runs only this one)."""
+    base = _config(tmp_path, "full", algo, mode="dpd", total_steps=512, dpd={"every": 1, "batch": 32})
+    base["rl"]["offpolicy"]["learning_starts"] = 96
     full = run_rl(load_config(base), distilling=True, resume=False, overwrite=False)
 
     class StopError(Exception):
         pass
 
-    def stop(info):
-        if info["round"] == 3:
-            raise StopError
+    for stop_round in (2, 3) if algo == "td3" else (3,):  # the warm-up cut tests code TD3 and SAC share
 
-    cut = load_config({**base, "out": str(tmp_path / "cut")})
-    with pytest.raises(StopError):
-        run_rl(cut, distilling=True, resume=False, overwrite=False, callbacks=[stop])
-    resumed = run(cut, resume=True)
-    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
-    assert resumed["learners"] == full["learners"]
-    for name in ("a", "b"):
-        a, b = (load_file(tmp_path / d / "policies" / f"{name}.safetensors") for d in ("full", "cut"))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        def stop(info, stop_round=stop_round):
+            if info["round"] == stop_round:  # after the checkpoint of the round before
+                raise StopError
+
+        cut = load_config({**base, "out": str(tmp_path / f"cut{stop_round}")})
+        with pytest.raises(StopError):
+            run_rl(cut, distilling=True, resume=False, overwrite=False, callbacks=[stop])
+        resumed = run(cut, resume=True)
+        metrics = (tmp_path / f"cut{stop_round}" / "metrics.jsonl").read_text()
+        assert metrics == (tmp_path / "full" / "metrics.jsonl").read_text(), stop_round
+        assert resumed["learners"] == full["learners"]
+        for name in ("a", "b"):
+            a, b = (load_file(tmp_path / d / "policies" / f"{name}.safetensors") for d in ("full", f"cut{stop_round}"))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (stop_round, name)
 
 
 def test_bad_offpolicy_configs_are_one_line(tmp_path):
