@@ -87,7 +87,7 @@ def test_the_critic_value_weighs_the_states_where_the_peer_is_better(algo):
         assert stats["dpd/advantage"] == pytest.approx(peer_q - self_q)
 
 
-def test_td3_single_and_dpd_spend_the_same_environment_steps(tmp_path):
+def test_td3_single_and_dpd_spend_the_same_environment_steps_and_teach(tmp_path):
     single = run(_config(tmp_path, "single"))
     dpd = run(_config(tmp_path, "dpd", mode="dpd", dpd={"every": 1, "batch": 32}))
     assert single["env_steps"] == dpd["env_steps"] == 512
@@ -97,6 +97,12 @@ def test_td3_single_and_dpd_spend_the_same_environment_steps(tmp_path):
     steps = [r for r in records if r["kind"] == "dpd"]
     assert {r["learner"] for r in steps} == {"a", "b"} and all(r["dpd/loss"] is not None for r in steps)
     assert single["parameters"] == 3 * 8 + 8 + 8 * 1 + 1  # the actor only: no critic, no target networks
+    # the TD3 run teaches: its TD3Policy loads from model.safetensors; a PPO-shaped student imitates its actions
+    cfg = _config(tmp_path, "student", algo="ppo", mode="distill", total_steps=256)
+    cfg["rl"]["distill"] = {"hidden": [4], "rollout_steps": 128, "steps": 5, "batch_size": 32}
+    student = run({**cfg, "teacher": {"run": str(tmp_path / "single")}})
+    assert student["teacher_return"] == pytest.approx(single["final_return"])
+    assert student["env_steps"] == 256 and student["parameters"] < student["teacher_parameters"] == 41
 
 
 @pytest.mark.parametrize("algo", ["td3", "sac"])
