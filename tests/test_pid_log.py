@@ -127,3 +127,14 @@ def test_report_and_evaluate_show_the_pid_over_epochs(logged, tmp_path):
     assert written == [tmp_path / "plots" / "pid.png"]
     (said,) = pid_lines(logged, estimate=False)
     assert said.startswith("PID at epoch 3 (bits, 144 val rows") and f"Red {lines[-1]['red']:.3f}" in said
+
+
+def test_evaluate_estimates_a_feature_runs_pid_by_default_and_not_for_other_runs(logged, teacher):
+    """`kdlab evaluate` on a feature-distillation run: a quick test estimate (1,000 rows, no intervals) unless
+    --no-pid; the values are the estimator's on those rows. A run without a layer pair gets none."""
+    said = pid_lines(logged, estimate=None)
+    assert len(said) == 2 and "first 1,000 test rows" in said[1]
+    found = run_pid(logged, load_config(logged / "config.yaml"), "test", bootstrap=0, rows=1000)
+    assert f"Red {found['point']['red']:.3f}" in said[1] and f"Syn {found['point']['synergy']:.3f}" in said[1]
+    assert pid_lines(logged, estimate=False) == said[:1]
+    assert pid_lines(teacher, estimate=None) == []  # a plain training run: no layer pair, nothing to estimate
