@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py --shapes 2048x32000 8192x1000 --reps 15 --threads 2 --no-memory --out benchmarks/results/loss_speed_lm
 	$(PY) benchmarks/cost_model.py
 	$(PY) benchmarks/rid_fmnist.py
+	$(PY) benchmarks/rid_pid_epochs.py
 	$(PY) benchmarks/dpd.py
 	$(PY) benchmarks/text_rt_data.py && $(PY) benchmarks/text_rt.py
 	# not here: benchmarks/cooperative.py (needs `apt-get install r-cran-mlbench` and `pip install rdata`)

@@ -255,7 +255,9 @@ def evaluate_command(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
     no_latency: bool = typer.Option(False, "--no-latency", help="Skip the CPU latency measurement."),
     trust_remote_code: bool = TRUST,
-    pid: bool = typer.Option(False, "--pid", help="Also Red/Uni/Syn of a feature-distillation run (docs/rid.md)."),
+    pid: bool | None = typer.Option(
+        None, "--pid/--no-pid", help="Red/Uni/Syn of a feature run on test: with intervals / none (docs/rid.md)."
+    ),
 ):
     """Metrics of a finished run on train, val and test (accuracy, NLL, ECE, fidelity to the teacher) and its
     footprint (bytes on disk, parameters, non-zeros, CPU latency at batch 1 and 256); written into its
@@ -270,12 +272,12 @@ def evaluate_command(
     console.print(_tables().footprint_line(result["footprint"]))
     for line in _tables().predictor_lines(result):
         console.print(line)
-    written = write_run_plots(run_dir / "plots", load_run(run_dir).records, result)
+    written = write_run_plots(run_dir / "plots", load_run(run_dir).records, result, load_run(run_dir).pid)
     console.print(f"plots: {', '.join(str(p) for p in written)}")
-    if pid:
-        from kdlab.tasks.classify_pid import write_run_pid
+    from kdlab.tasks.classify_pid import pid_lines
 
-        console.print(write_run_pid(run_dir))
+    for line in pid_lines(run_dir, estimate=pid):  # pid.jsonl's last epoch; a test estimate (quick by default)
+        console.print(line)
 
 
 @app.command("report")

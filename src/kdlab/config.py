@@ -26,6 +26,7 @@ from pydantic import (
 
 from kdlab.config_compress import CompressConfig, PruneConfig, QuantizeConfig  # noqa: F401  (re-exported)
 from kdlab.config_cooperative import CooperativeSections
+from kdlab.config_pid import PIDTasks
 from kdlab.errors import ConfigError
 from kdlab.rl_config import RLSection
 
@@ -218,6 +219,10 @@ class TrainConfig(_Strict):
     # speed switches for the student's step (kdlab.engine.speed): channels-last layout, torch.compile
     channels_last: bool = False
     compile: bool = False
+    pid_every: int = Field(0, ge=0)  # the PID of a layer pair over epochs -> <run>/pid.jsonl (kdlab.config_pid)
+    pid_rows: int = Field(2000, ge=2)
+    pid_clusters: int = Field(8, ge=2)
+    pid_layers: list[str] | None = Field(None, min_length=2, max_length=2)
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
 
@@ -260,7 +265,7 @@ class TrackingConfig(_Strict):
     mlflow_uri: str | None = None
 
 
-class RunBase(_Strict):
+class RunBase(_Strict, PIDTasks):
     """The sections every task shares; each task's config adds its ``task`` tag and its own sections."""
 
     name: str = "run"

@@ -1,4 +1,5 @@
-"""The ``rl:`` section of a ``task: rl`` run config (``kdlab.rl``): environment, PPO, DPD and policy distillation.
+"""The ``rl:`` section of a ``task: rl`` run config (``kdlab.rl``): environment, PPO or TD3/SAC, DPD and policy
+distillation.
 
 Kept apart from ``kdlab.config`` (which only adds the ``task: rl`` union member) so that the run config stays
 one readable file; like it, this module imports nothing of kdlab but the errors. Every budget is counted in
@@ -39,6 +40,31 @@ class PPOConfig(_Strict):
     max_grad_norm: float = Field(0.5, gt=0)
 
 
+class OffPolicyConfig(_Strict):
+    """Stable-Baselines3 TD3 or SAC (``rl.algo: td3 | sac``, continuous actions). One "update" of such a learner
+    is ``round_steps`` environment steps, each followed by SB3's own training (``train_freq``/``gradient_steps``);
+    DPD's ``every`` counts these updates. Defaults are the RL Zoo's Pendulum-v1 values with a smaller warm-up."""
+
+    round_steps: int = Field(128, ge=1, description="environment steps of a learner per update (= per round)")
+    buffer_size: int = Field(100_000, ge=1, description="replay buffer; also the memory the peer samples from")
+    learning_starts: int = Field(1000, ge=0, description="random-action steps before training starts")
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    gamma: float = Field(0.98, gt=0, le=1)
+    tau: float = Field(0.005, gt=0, le=1)
+    train_freq: int = Field(1, ge=1, description="environment steps between two training calls")
+    gradient_steps: int = Field(1, ge=1, description="gradient steps per training call")
+    action_noise: float = Field(
+        0.1, ge=0, description="TD3: std of the Gaussian exploration noise (actions in [-1, 1])"
+    )
+
+    @model_validator(mode="after")
+    def _whole_calls(self) -> OffPolicyConfig:
+        if self.round_steps % self.train_freq:
+            raise ValueError(f"round_steps ({self.round_steps}) must be a multiple of train_freq ({self.train_freq})")
+        return self
+
+
 class DPDConfig(_Strict):
     """Dual policy distillation (Lai et al., IJCAI 2020): every ``every`` PPO updates a learner samples ``batch``
     states from its peer's memory and takes ``steps`` weighted imitation steps towards the peer's policy.
@@ -52,7 +78,7 @@ class DPDConfig(_Strict):
     beta: float = Field(0.5, ge=0)
     w_min: float = Field(0.01, gt=0)
     w_max: float = Field(100.0, gt=0)
-    every: int = Field(5, ge=1, description="PPO updates between two distillation steps of a learner")
+    every: int = Field(5, ge=1, description="updates (PPO rollouts, TD3/SAC rounds) between two distillations")
     batch: int = Field(512, ge=1)
     steps: int = Field(1, ge=1, description="imitation gradient steps per distillation")
     memory: int = Field(100_000, ge=1, description="observations each learner keeps for its peer (ring buffer)")
@@ -80,17 +106,20 @@ class DistillConfig(_Strict):
 
 
 class RLSection(_Strict):
-    """What a ``task: rl`` run does: ``single`` (one PPO learner), ``dpd`` (two learners distilling from each
-    other) or ``distill`` (teacher.run's policy into a smaller student)."""
+    """What a ``task: rl`` run does: ``single`` (one learner: PPO, TD3 or SAC), ``dpd`` (two learners
+    distilling from each other) or ``distill`` (teacher.run's policy into a smaller student)."""
 
     mode: Literal["single", "dpd", "distill"] = "single"
-    algo: Literal["ppo"] = "ppo"
+    algo: Literal["ppo", "td3", "sac"] = Field(
+        "ppo", description="the learners' algorithm (Stable-Baselines3); td3 and sac need continuous actions"
+    )
     env: EnvConfig = EnvConfig()
     total_steps: int = Field(20_480, ge=1, description="environment steps of the whole run, all learners together")
     hidden: list[int] = Field(default_factory=lambda: [64, 64], description="the learners' actor and critic layers")
     eval_episodes: int = Field(10, ge=1, description="deterministic episodes of the final evaluation")
     checkpoint_every: int = Field(1, ge=1, description="rounds (one update of every learner) between checkpoints")
     ppo: PPOConfig = PPOConfig()
+    offpolicy: OffPolicyConfig = OffPolicyConfig()
     dpd: DPDConfig = DPDConfig()
     distill: DistillConfig = DistillConfig()
 
@@ -99,9 +128,14 @@ class RLSection(_Strict):
         return 2 if self.mode == "dpd" else 1
 
     @property
+    def update_steps(self) -> int:
+        """Environment steps of one learner's update: a PPO rollout, or ``offpolicy.round_steps`` for TD3/SAC."""
+        return self.ppo.n_steps if self.algo == "ppo" else self.offpolicy.round_steps
+
+    @property
     def round_steps(self) -> int:
-        """Environment steps of one round: one rollout (or distillation round) of every learner."""
-        per = self.distill.rollout_steps if self.mode == "distill" else self.ppo.n_steps
+        """Environment steps of one round: one update (or distillation round) of every learner."""
+        per = self.distill.rollout_steps if self.mode == "distill" else self.update_steps
         return per * self.learners
 
     @property
@@ -113,11 +147,12 @@ class RLSection(_Strict):
         """The budget must split into whole rounds: no learner may take a step more than ``total_steps`` allows,
         and a dpd run must spend exactly what a single learner with the same ``total_steps`` spends."""
         if self.total_steps % self.round_steps:
-            what = "distill.rollout_steps" if self.mode == "distill" else "ppo.n_steps"
+            what = "ppo.n_steps" if self.algo == "ppo" else "offpolicy.round_steps"
+            what = "distill.rollout_steps" if self.mode == "distill" else what
             raise ValueError(
                 f"total_steps ({self.total_steps}) must be a multiple of {self.learners} learner(s) x {what} "
                 f"= {self.round_steps}, so that every learner spends exactly its share of the budget"
             )
-        if self.mode != "distill" and self.ppo.batch_size > self.ppo.n_steps:
+        if self.mode != "distill" and self.algo == "ppo" and self.ppo.batch_size > self.ppo.n_steps:
             raise ValueError(f"ppo.batch_size ({self.ppo.batch_size}) must not exceed ppo.n_steps ({self.ppo.n_steps})")
         return self

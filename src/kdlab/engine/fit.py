@@ -17,6 +17,7 @@ from kdlab.methods import Method
 
 from .checkpoint import save_weights
 from .loop import StepInfo, run_loop
+from .pid_log import PIDLog, pid_pair
 from .rundir import SUMMARY, new_accelerator, versions, write_summary
 from .supervised import ClassifyStep, FitResult, Splits
 
@@ -62,6 +63,10 @@ def train_splits(
         fingerprints=fingerprints,
     )
     method.setup(step.setup_context())
+    pair = pid_pair(cfg, method, teacher is not None or cached_logits is not None, len(data.y_val))
+    if pair is not None:  # train.pid_every: an epoch-end callback of the loop, before the caller's see the step
+        main = acc.is_main_process
+        callbacks = [PIDLog(step, pair, cfg, resume=resume, main=main, seed=seed), *(callbacks or [])]
     result, trainable = run_loop(
         step, method, cfg, accelerator=acc, out_dir=out_dir, seed=seed, resume=resume, callbacks=callbacks
     )

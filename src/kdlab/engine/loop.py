@@ -42,6 +42,7 @@ class StepInfo:
     step_in_epoch: int
     global_step: int
     terms: dict[str, float]
+    epoch_end: bool = False  # the epoch's last optimizer step: the weights its evaluation will see
 
 
 @dataclass
@@ -250,7 +251,7 @@ def run_loop(
                     if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0:
                         checkpoint(epoch, step + 1)
                     for callback in callbacks or []:
-                        callback(StepInfo(epoch, step + 1, global_step, logged))
+                        callback(StepInfo(epoch, step + 1, global_step, logged, step == micro_steps - 1))
                 shown = sum(float(v.detach()) for v in terms.values()) * log_scale
                 progress.update(bar, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {shown:.4f}")
             last_epoch = epoch + 1 == cfg.epochs

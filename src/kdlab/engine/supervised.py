@@ -190,18 +190,19 @@ class ClassifyStep:
         model.train(was_training)
         return {name: tuple(probe.features[name].shape[1:]) for name in names}
 
-    def split_teacher_features(self, split: str, names: tuple[str, ...]) -> dict[str, Tensor]:
-        """The teacher's named features over a whole (un-augmented) split, float32 on the CPU: from the cache when
-        it holds them, else one pass of the live teacher."""
+    def split_teacher_features(self, split: str, names: tuple[str, ...], rows: int | None = None) -> dict[str, Tensor]:
+        """The teacher's named features over a whole (un-augmented) split (or its first ``rows``), float32 on the
+        CPU: from the cache when it holds them, else one pass of the live teacher."""
         cached = self.cached_features.get(split, {})
         if set(names) <= set(cached):
-            return {n: cached[n].float().cpu() for n in names}
+            return {n: cached[n][:rows].float().cpu() for n in names}
         if self.teacher is None:
             raise ConfigError(
                 f"method {self.method.name!r} needs teacher features {list(names)} on {split}: a live teacher, or a "
                 "cache made with them (cache.features)"
             )
-        return teacher_features(self.teacher, self.data[f"x_{split}"], names, self.cfg.eval_batch_size, torch.float32)
+        x = self.data[f"x_{split}"][:rows]
+        return teacher_features(self.teacher, x, names, self.cfg.eval_batch_size, torch.float32)
 
     def write_file(self, relative: str, writer: Callable[[Path], None]) -> None:
         if self.acc.is_main_process:

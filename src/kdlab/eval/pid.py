@@ -20,13 +20,24 @@ centres (scikit-learn), fitted on the rows given; bootstrap intervals resample t
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from kdlab.errors import ConfigError
 
 _TINY = 1e-300
+PID_LOG = "pid.jsonl"  # a run's PID over epochs (train.pid_every; kdlab.engine.pid_log writes it)
+
+
+def read_log(run: str | Path) -> list[dict[str, float]]:
+    """The lines of ``<run>/pid.jsonl``, one per measured epoch ([] when the run has none)."""
+    path = Path(run) / PID_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @dataclass(frozen=True)

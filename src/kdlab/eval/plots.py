@@ -100,6 +100,23 @@ def return_curves_figure(records: list[dict[str, Any]], window: int = 10) -> Fig
     return fig
 
 
+PID_TERMS = {"red": "Red(Y: T, S)", "unique_t": "Uni(Y: T \\ S)", "mi_ts": "I(T; S)"}
+
+
+def pid_curves_figure(logs: dict[str, list[dict[str, Any]]]) -> Figure:
+    """Red(Y: T, S), Uni(Y: T \\ S) and I(T; S) in bits per epoch (``train.pid_every``'s pid.jsonl), one line per
+    run: the knowledge transferred, the knowledge left to distil, and what VID maximises."""
+    fig, axes = plt.subplots(1, len(PID_TERMS), figsize=(3.8 * len(PID_TERMS), 3.2), squeeze=False)
+    for ax, (term, title) in zip(axes[0], PID_TERMS.items(), strict=True):
+        for name, lines in logs.items():
+            ax.plot([r["epoch"] for r in lines], [r[term] for r in lines], "o-", ms=3, label=name)
+        ax.set(title=title, xlabel="epoch", ylabel="bits")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def reliability_figure(curves: dict[str, dict[str, list]], title: str = "") -> Figure:
     """Accuracy against mean confidence per bin (the ECE's bins) for each named curve; the diagonal is perfect."""
     fig, ax = plt.subplots(figsize=(3.8, 3.6))
@@ -157,12 +174,20 @@ def split_confusion_figure(split_eval: dict[str, Any], name: str = "student") ->
     return confusion_figure(matrices, labels)
 
 
-def write_run_plots(out_dir: str | Path, records: list[dict[str, Any]], evaluation: dict[str, Any]) -> list[Path]:
-    """learning_curves.png, reliability.png (test) and confusion.png (test) in ``out_dir``, where data exists."""
+def write_run_plots(
+    out_dir: str | Path,
+    records: list[dict[str, Any]],
+    evaluation: dict[str, Any],
+    pid: list[dict[str, Any]] | None = None,
+) -> list[Path]:
+    """learning_curves.png, pid.png (``pid`` lines of pid.jsonl), reliability.png (test) and confusion.png (test) in
+    ``out_dir``, where data exists."""
     out = Path(out_dir)
     written = []
     if epoch_records(records):
         written.append(save_png(learning_curves_figure(records), out / "learning_curves.png"))
+    if pid:
+        written.append(save_png(pid_curves_figure({"student": pid}), out / "pid.png"))
     test = evaluation.get("test", {})
     if "reliability" in test:
         curves = {"student": test["reliability"]}

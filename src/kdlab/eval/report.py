@@ -20,6 +20,7 @@ from kdlab.errors import ConfigError
 from kdlab.io import atomic_write_text
 
 from . import plots
+from .pid import read_log
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
@@ -51,6 +52,8 @@ COLUMNS = [
     ("train_kl", "train KL t‖s", "train.kl_teacher", ".4f", "min"),
     ("proxy_agreement", "test agree proxy", "test.proxy_agreement", ".4f", "max"),
     ("test_kl_proxy", "test KL proxy‖s", "test.kl_proxy", ".4f", "min"),
+    ("pid_red", "val Red(Y:T,S)", "pid.red", ".3f", "max"),  # the last line of pid.jsonl (train.pid_every)
+    ("pid_unique_t", "val Uni(Y:T\\S)", "pid.unique_t", ".3f", "min"),
 ]
 
 
@@ -63,6 +66,7 @@ class RunData:
     config_text: str
     summary: dict[str, Any]
     records: list[dict[str, Any]] = field(default_factory=list)
+    pid: list[dict[str, Any]] = field(default_factory=list)  # pid.jsonl: the PID per measured epoch
 
     @property
     def evaluation(self) -> dict[str, Any]:
@@ -83,12 +87,15 @@ def load_run(run_dir: str | Path) -> RunData:
     records = []
     if (run / "metrics.jsonl").is_file():
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return RunData(run, str(summary.get("name") or run.name), config_text, summary, records)
+    return RunData(run, str(summary.get("name") or run.name), config_text, summary, records, read_log(run))
 
 
 def _lookup(run: RunData, dotted: str) -> float | None:
     split, key = dotted.split(".")
-    source = run.evaluation.get(split) or run.summary.get("train_eval" if split == "train" else split) or {}
+    if split == "pid":
+        source = run.pid[-1] if run.pid else {}
+    else:
+        source = run.evaluation.get(split) or run.summary.get("train_eval" if split == "train" else split) or {}
     value = source.get(key)
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
@@ -235,11 +242,22 @@ def render_report(runs: list[RunData], title: str = "kdlab report") -> str:
         '<p class="note">test/train = the run\'s test split / training split (from <code>kdlab evaluate</code>; '
         "without it, train = the fixed training subset logged by the run). agree = top-1 agreement with the "
         "teacher, KL t‖s = mean KL(teacher ‖ student) at T = 1; proxy = PTLoss's proxy teacher (at the run's "
-        "temperature). Best value per column in bold.</p>",
+        "temperature). val Red / Uni = the last epoch's PID in bits (<code>train.pid_every</code>). Best value per "
+        "column in bold.</p>",
     ]
     overview = _fidelity_overview(runs)
     if overview is not None:
         parts += ["<h3>Fidelity per epoch (train subset vs validation)</h3>", _img(overview, "fidelity per epoch")]
+    names = [run.name for run in runs]
+    logged = {run.name if names.count(run.name) == 1 else str(run.path): run.pid for run in runs if run.pid}
+    if logged:
+        parts += [
+            "<h3>Partial information decomposition per epoch (train.pid_every)</h3>",
+            _img(plots.png_bytes(plots.pid_curves_figure(logged)), "Red, Uni and I(T;S) per epoch"),
+            '<p class="note">Bits, on the first <code>train.pid_rows</code> validation rows (docs/rid.md): Red = '
+            "what the student knows about the labels that the teacher knows too (transferred), Uni(T\\S) = what "
+            "only the teacher knows (left to distil), I(T;S) = what the two layers share, label-relevant or not.</p>",
+        ]
     teachers = _teacher_runs(runs)
     parts += [_run_section(run, i, role(run, teachers)) for i, run in enumerate(runs)]
     parts.append("</body></html>")

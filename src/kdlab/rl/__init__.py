@@ -1,8 +1,9 @@
 """Reinforcement learning (``task: rl``): policy distillation and dual policy distillation on Gymnasium.
 
-``kdlab.rl.run(config)`` (or ``kdlab rl CONFIG``) runs one config: a single PPO learner (Stable-Baselines3),
-DPD's two learners teaching each other where the peer's value is higher (Lai et al., IJCAI 2020), or a
-teacher policy distilled into a smaller student. Needs the ``rl`` extra (gymnasium, stable-baselines3).
+``kdlab.rl.run(config)`` (or ``kdlab rl CONFIG``) runs one config: a single learner (Stable-Baselines3 PPO, or
+TD3/SAC for continuous actions), DPD's two learners teaching each other where the peer's value is higher (Lai
+et al., IJCAI 2020), or a teacher policy distilled into a smaller student. Needs the ``rl`` extra (gymnasium,
+stable-baselines3).
 """
 
 from __future__ import annotations

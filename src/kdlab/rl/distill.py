@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import BasePolicy
 
 from kdlab.rl_config import RLSection
 
@@ -26,7 +26,7 @@ from .imitation import imitation_step, policy_targets
 class Distiller:
     """The student, its environment copy, the aggregated states and the round loop."""
 
-    def __init__(self, section: RLSection, student: ActorCriticPolicy, teacher: ActorCriticPolicy, seed: int):
+    def __init__(self, section: RLSection, student: BasePolicy, teacher: BasePolicy, seed: int):
         self.section, self.student, self.teacher = section, student, teacher
         self.cfg = section.distill
         self.env = make_env(section.env)
@@ -38,7 +38,7 @@ class Distiller:
         self.rng = np.random.default_rng(seed)
 
     @property
-    def actor(self) -> ActorCriticPolicy:
+    def actor(self) -> BasePolicy:
         return self.student if self.cfg.states == "student" else self.teacher
 
     def collect(self) -> list[tuple[int, float, int]]:

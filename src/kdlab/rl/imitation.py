@@ -9,7 +9,8 @@ behaviour cloning on those states (tests/test_rl.py checks it numerically).
 DPD's weights (Lai et al., IJCAI 2020) favour the states where the peer is better: with ξ(s) = V_peer(s) −
 V_self(s), ``soft`` gives clip(exp(β·ξ), w_min, w_max), ``hard`` the indicator 1[ξ > 0]. The authors' PPO code
 computes exp(β·(V_self − V_peer)) — the opposite sign of their DDPG code and of the paper's idea; here the sign
-is peer − self, and ``reversed`` flips it on purpose for the ablation.
+is peer − self, and ``reversed`` flips it on purpose for the ablation. What "value" and "target" mean for each
+kind of policy (PPO's V(s); a TD3/SAC critic's Q(s, π(s))) is ``kdlab.rl.heads``.
 """
 
 from __future__ import annotations
@@ -17,35 +18,27 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from stable_baselines3.common.distributions import CategoricalDistribution
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import BasePolicy
 from torch import Tensor
 
 from kdlab.rl_config import DPDConfig
 
-
-def policy_targets(policy: ActorCriticPolicy, obs: Tensor) -> Tensor:
-    """What a student imitates at ``obs``: action probabilities (discrete) or action means (continuous)."""
-    with torch.no_grad():
-        dist = policy.get_distribution(obs)
-        if isinstance(dist, CategoricalDistribution):
-            return dist.distribution.probs
-        return dist.distribution.mean
+from .heads import head
 
 
-def divergence(policy: ActorCriticPolicy, obs: Tensor, target: Tensor) -> Tensor:
-    """Per state: KL(target ‖ policy) for discrete actions, mean squared error of the means for continuous."""
-    dist = policy.get_distribution(obs)
-    if isinstance(dist, CategoricalDistribution):
-        log_p = torch.log_softmax(dist.distribution.logits, dim=-1)
-        log_t = torch.log(target.clamp_min(1e-12))
-        return (target * (log_t - log_p)).sum(-1)
-    return ((dist.distribution.mean - target) ** 2).mean(-1)
+def policy_targets(policy: BasePolicy, obs: Tensor) -> Tensor:
+    """What a student imitates at ``obs``: action probabilities (discrete) or actions / action means (continuous)."""
+    return head(policy).targets(policy, obs)
 
 
-def values(policy: ActorCriticPolicy, obs: Tensor) -> Tensor:
-    with torch.no_grad():
-        return policy.predict_values(obs).flatten()
+def divergence(policy: BasePolicy, obs: Tensor, target: Tensor) -> Tensor:
+    """Per state: KL(target ‖ policy) for discrete actions, mean squared error of the actions for continuous."""
+    return head(policy).divergence(policy, obs, target)
+
+
+def values(policy: BasePolicy, obs: Tensor) -> Tensor:
+    """V(s): PPO's value head, or Q(s, π(s)) from a TD3/SAC critic (``kdlab.rl.heads``)."""
+    return head(policy).values(policy, obs)
 
 
 def raw_weights(v_peer: Tensor, v_self: Tensor, cfg: DPDConfig) -> Tensor:
@@ -67,7 +60,7 @@ def normalise(weights: Tensor) -> Tensor:
 
 
 def imitation_step(
-    policy: ActorCriticPolicy,
+    policy: BasePolicy,
     optimizer: torch.optim.Optimizer,
     obs: Tensor,
     target: Tensor,
@@ -87,8 +80,8 @@ def imitation_step(
 
 
 def dpd_step(
-    learner: ActorCriticPolicy,
-    peer: ActorCriticPolicy,
+    learner: BasePolicy,
+    peer: BasePolicy,
     optimizer: torch.optim.Optimizer,
     obs: Tensor,
     cfg: DPDConfig,

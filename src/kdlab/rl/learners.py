@@ -48,7 +48,7 @@ class ObsMemory:
         self.data[: self.size] = state["data"].numpy()
 
 
-class _Episodes(BaseCallback):
+class Episodes(BaseCallback):
     """Collects (environment step, return, length) of every episode finished during one ``learn`` call."""
 
     def __init__(self) -> None:
@@ -73,12 +73,6 @@ def build_policy(section: RLSection, hidden: list[int], lr: float = 1e-3) -> Act
     env.close()
     policy.set_training_mode(False)
     return policy
-
-
-def actor_parameters(policy: ActorCriticPolicy) -> int:
-    """Parameters that act (shared extractor, policy branch, action head): what a deployed policy holds."""
-    critic = {id(p) for m in (policy.mlp_extractor.value_net, policy.value_net) for p in m.parameters()}
-    return sum(p.numel() for p in policy.parameters() if id(p) not in critic)
 
 
 class Learner:
@@ -126,7 +120,7 @@ class Learner:
 
     def update(self) -> list[tuple[int, float, int]]:
         """One PPO update: ``n_steps`` environment steps, then SB3's PPO epochs. Returns the finished episodes."""
-        episodes = _Episodes()
+        episodes = Episodes()
         self.model.learn(self.section.ppo.n_steps, callback=episodes, reset_num_timesteps=False, log_interval=None)
         self.memory.add(self.model.rollout_buffer.observations)
         return episodes.episodes

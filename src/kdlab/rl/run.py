@@ -31,10 +31,10 @@ from kdlab.engine.rundir import prepare_out, run_accelerator, versions, write_co
 from kdlab.errors import ConfigError, TrainingError
 
 from . import curves
+from .algorithms import actor_parameters, build_policy, check, make_learner
 from .distill import Distiller
-from .envs import evaluate_policy_return, make_env
+from .envs import evaluate_policy_return
 from .imitation import dpd_step
-from .learners import Learner, actor_parameters, build_policy
 from .teacher import load_teacher
 
 EVAL_SEED = 1_000_000  # evaluation episodes use seeds no training environment starts from
@@ -94,10 +94,11 @@ def describe(cfg: RunConfig) -> str:
     if s.mode == "dpd":
         sign = ", reversed sign" if s.dpd.reversed else ""
         beta = f" β={s.dpd.beta}" if s.dpd.weighting == "soft" else ""
-        return f"dpd ({s.dpd.weighting}{beta}{sign}, every {s.dpd.every} updates)"
+        algo = "" if s.algo == "ppo" else f"{s.algo}, "
+        return f"dpd ({algo}{s.dpd.weighting}{beta}{sign}, every {s.dpd.every} updates)"
     if s.mode == "distill":
         return f"policy distillation ({s.distill.states} states)"
-    return "ppo (single learner)"
+    return f"{s.algo} (single learner)"
 
 
 def run_rl(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, callbacks=None) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def run_rl(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, c
     wall_start = time.perf_counter()
     _check_mode(cfg, distilling)
     section, out = cfg.rl, Path(cfg.out)
-    make_env(section.env).close()  # an unknown environment fails before the run directory is touched
+    check(section)  # an unknown environment, or one the algorithm cannot act in: one line, nothing written
     teacher = load_teacher(cfg) if section.mode == "distill" else None
     acc = run_accelerator(cfg.train, cfg.tracking, out)
     prepare_out(out, resume, overwrite, acc)
@@ -118,7 +119,7 @@ def run_rl(cfg: RunConfig, *, distilling: bool, resume: bool, overwrite: bool, c
         policies = {"student": student}
     else:
         names = ["a", "b"][: section.learners]
-        agents = {n: Learner(n, section, cfg.seed + i * section.dpd.seed_offset) for i, n in enumerate(names)}
+        agents = {n: make_learner(n, section, cfg.seed + i * section.dpd.seed_offset) for i, n in enumerate(names)}
         policies = {n: a.policy for n, a in agents.items()}
     state = RunState(agents, np.random.default_rng(cfg.seed))
     modules = nn.ModuleDict(policies)

@@ -9,15 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from safetensors.torch import load_file
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import BasePolicy
 
 from kdlab.config import RunConfig, load_config
 from kdlab.errors import ConfigError
 
-from .learners import build_policy
+from .algorithms import build_policy
 
 
-def load_policy(run: Path) -> tuple[RunConfig, ActorCriticPolicy]:
+def load_policy(run: Path) -> tuple[RunConfig, BasePolicy]:
     """A finished rl run's config and its best policy (``model.safetensors``), in eval mode."""
     if not (run / "summary.json").is_file() or not (run / "model.safetensors").is_file():
         raise ConfigError(f"{run} is not a finished task: rl run (no summary.json / model.safetensors)")
@@ -34,7 +34,7 @@ def load_policy(run: Path) -> tuple[RunConfig, ActorCriticPolicy]:
     return cfg, policy
 
 
-def load_teacher(cfg: RunConfig) -> ActorCriticPolicy:
+def load_teacher(cfg: RunConfig) -> BasePolicy:
     teacher = cfg.teacher
     if teacher is None or teacher.run is None:
         raise ConfigError("rl.mode: distill needs teacher.run: a finished task: rl run directory")

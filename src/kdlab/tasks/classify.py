@@ -18,6 +18,7 @@ from kdlab import models
 from kdlab.config import AugmentConfig, RunConfig
 from kdlab.data.preprocess import PREPROCESS_FILE, Preprocess, load_preprocess
 from kdlab.engine.fit import fit_summary, train_splits
+from kdlab.engine.pid_log import pid_pair
 from kdlab.engine.predict import predict
 from kdlab.engine.rundir import (
     new_accelerator,
@@ -212,12 +213,14 @@ def run_classify(
     if cfg.train.group_by_length and getattr(data, "lengths", None) is None:
         raise ConfigError("train.group_by_length is for inputs of varying length (task: text_classify)")
     method = build_method(method_cfg.name, method_cfg.params(), data.num_classes)
+    pid = pid_pair(cfg.train, method, cfg.teacher is not None, len(data.y_val))  # train.pid_every: against it
     if student is not None:
         _check_describes(cfg, data, student)
     acc = run_accelerator(cfg.train, cfg.tracking, out)
     teacher, cached, teacher_desc = (None, None, None)
-    if distilling and method.needs_teacher:  # before touching `out`: a bad teacher leaves nothing behind
-        teacher, cached, teacher_desc = teacher_and_cache(cfg, data, method.requires().teacher_features)
+    if (distilling and method.needs_teacher) or pid:  # before touching `out`: a bad teacher leaves nothing behind
+        features = tuple(dict.fromkeys((*method.requires().teacher_features, *(pid[1:] if pid else ()))))
+        teacher, cached, teacher_desc = teacher_and_cache(cfg, data, features)
     fast_report = None
     if teacher is not None:
         check_outputs(teacher, data, f"teacher {teacher_desc}")
@@ -394,4 +397,4 @@ class ClassifyTask(Task):
         return select_ptloss_classify(cfg, output)
 
     def check(self, cfg):
-        build_method(cfg.method.name, cfg.method.params(), 2)
+        pid_pair(cfg.train, build_method(cfg.method.name, cfg.method.params(), 2), cfg.teacher is not None)

@@ -19,6 +19,16 @@ from kdlab.teacher.source import load_teacher, resolve_teacher
 from .classify import load_data, run_preprocess
 from .classify_eval import load_run_model
 
+# what is printed, in this order: the decomposition and its total; a pid.jsonl line also has I(T;S)
+TERMS = (
+    ("Red", "red"),
+    ("Uni(T\\S)", "unique_t"),
+    ("Uni(S\\T)", "unique_s"),
+    ("Syn", "synergy"),
+    ("I(Y;T,S)", "joint"),
+)
+LOGGED_TERMS = (*TERMS[:4], ("I(T;S)", "mi_ts"))
+
 
 def layer_pairs(cfg: RunConfig) -> list[tuple[str, str]]:
     """The (student, teacher) layer pairs of a feature-distillation run's method; [] for other methods."""
@@ -77,9 +87,44 @@ def write_run_pid(run: Path, clusters: int = 8, bootstrap: int = 20) -> str:
     found = run_pid(run, cfg, "test", clusters=clusters, bootstrap=bootstrap)
     atomic_write_json(run / "pid.json", found)
     point, low, high = found["point"], found["low"], found["high"]
-    terms = [("Red", "red"), ("Uni(T\\S)", "unique_t"), ("Uni(S\\T)", "unique_s"), ("Syn", "synergy"),
-             ("I(Y;T,S)", "joint")]  # fmt: skip
-    shown = ", ".join(f"{name} {point[k]:.3f} [{low[k]:.3f}, {high[k]:.3f}]" for name, k in terms)
+    shown = ", ".join(f"{name} {point[k]:.3f} [{low[k]:.3f}, {high[k]:.3f}]" for name, k in TERMS)
     return (
         f"PID (bits, {found['student_layer']} vs teacher {found['teacher_layer']}, test): {shown} -> {run / 'pid.json'}"
     )
+
+
+def quick_pid_line(run: Path, rows: int = 1000) -> str | None:
+    """``kdlab evaluate``'s default for a feature-distillation run: the PID point estimate on the first ``rows`` test
+    rows, without intervals (about a second); None for a run without a layer pair."""
+    from kdlab.config import load_config
+
+    cfg = load_config(run / "config.yaml")
+    if cfg.task not in ("classify", "text_classify") or not layer_pairs(cfg):
+        return None
+    found = run_pid(run, cfg, "test", bootstrap=0, rows=rows)
+    point = found["point"]
+    shown = ", ".join(f"{name} {point[k]:.3f}" for name, k in TERMS)
+    return (
+        f"PID (bits, {found['student_layer']} vs teacher {found['teacher_layer']}, first {rows:,} test rows, no "
+        f"intervals; --pid: 5,000 rows with bootstrap intervals): {shown}"
+    )
+
+
+def pid_lines(run: Path, estimate: bool | None) -> list[str]:
+    """What ``kdlab evaluate`` says of a run's PID: the last line of its pid.jsonl (``train.pid_every``, free) and a
+    test-split estimate: by default (``estimate`` None) a quick point estimate for a feature-distillation run,
+    with ``--pid`` (True) the full one with intervals written to pid.json (10-40 s), with ``--no-pid`` none."""
+    from kdlab.eval.pid import PID_LOG, read_log
+
+    lines = []
+    logged = read_log(run)
+    if logged:
+        last = logged[-1]
+        shown = ", ".join(f"{name} {last[k]:.3f}" for name, k in LOGGED_TERMS)
+        lines.append(f"PID at epoch {last['epoch']} (bits, {last['rows']} val rows, {run / PID_LOG}): {shown}")
+    if estimate:
+        lines.append(write_run_pid(run))
+    elif estimate is None:
+        quick = quick_pid_line(run)
+        lines += [quick] if quick else []
+    return lines
