@@ -75,6 +75,29 @@ def build_policy(section: RLSection, hidden: list[int], lr: float = 1e-3) -> Act
     return policy
 
 
+def sb3_state(model: Any, env: Any) -> dict[str, Any]:
+    """What any SB3 algorithm needs to go on exactly where it stopped, besides its networks and optimisers: its
+    counters, the last observation and episode starts, and every environment copy's state."""
+    return {
+        "num_timesteps": model.num_timesteps,
+        "n_updates": model._n_updates,
+        "episode_num": model._episode_num,
+        "last_obs": torch.from_numpy(np.asarray(model._last_obs).copy()),
+        "last_episode_starts": torch.from_numpy(np.asarray(model._last_episode_starts).copy()),
+        "env": [snapshot(e) for e in env.envs],
+    }
+
+
+def load_sb3_state(model: Any, env: Any, state: dict[str, Any]) -> None:
+    model.num_timesteps, model._n_updates = int(state["num_timesteps"]), int(state["n_updates"])
+    model._episode_num = int(state["episode_num"])
+    model._last_obs = state["last_obs"].numpy()
+    model._last_episode_starts = state["last_episode_starts"].numpy()
+    for e, text in zip(env.envs, state["env"], strict=True):
+        restore(e, text)
+    env._seeds = [None] * env.num_envs  # the first reset's seeds were used before the checkpoint
+
+
 class Learner:
     """A named PPO learner with its own environment copy and seed, memory and imitation optimiser."""
 
@@ -131,28 +154,15 @@ class Learner:
     # ---- checkpoint ----
 
     def state(self) -> dict[str, Any]:
-        m = self.model
         return {
             "optimizer": self.policy.optimizer.state_dict(),
             "imitation_optimizer": self.imitation_optimizer.state_dict(),
-            "num_timesteps": m.num_timesteps,
-            "n_updates": m._n_updates,
-            "episode_num": m._episode_num,
-            "last_obs": torch.from_numpy(np.asarray(m._last_obs).copy()),
-            "last_episode_starts": torch.from_numpy(np.asarray(m._last_episode_starts).copy()),
             "memory": self.memory.state(),
-            "env": [snapshot(env) for env in self.env.envs],
+            **sb3_state(self.model, self.env),
         }
 
     def load(self, state: dict[str, Any]) -> None:
-        m = self.model
         self.policy.optimizer.load_state_dict(state["optimizer"])
         self.imitation_optimizer.load_state_dict(state["imitation_optimizer"])
-        m.num_timesteps, m._n_updates = int(state["num_timesteps"]), int(state["n_updates"])
-        m._episode_num = int(state["episode_num"])
-        m._last_obs = state["last_obs"].numpy()
-        m._last_episode_starts = state["last_episode_starts"].numpy()
         self.memory.load(state["memory"])
-        for env, text in zip(self.env.envs, state["env"], strict=True):
-            restore(env, text)
-        self.env._seeds = [None] * self.env.num_envs  # the first reset's seeds were used before the checkpoint
+        load_sb3_state(self.model, self.env, state)

@@ -24,8 +24,8 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from kdlab.rl_config import RLSection
 
-from .envs import make_vec_env, restore, snapshot
-from .learners import Episodes
+from .envs import make_vec_env
+from .learners import Episodes, load_sb3_state, sb3_state
 
 ALGORITHMS: dict[str, type[OffPolicyAlgorithm]] = {"td3": TD3, "sac": SAC}
 _BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
@@ -128,14 +128,9 @@ class OffPolicyLearner:
         state = {
             "optimizers": {k: opt.state_dict() for k, opt in self._optimizers().items()},
             "imitation_optimizer": self.imitation_optimizer.state_dict(),
-            "num_timesteps": m.num_timesteps,
-            "n_updates": m._n_updates,
-            "episode_num": m._episode_num,
-            "last_obs": torch.from_numpy(np.asarray(m._last_obs).copy()),
-            "last_episode_starts": torch.from_numpy(np.asarray(m._last_episode_starts).copy()),
             "replay": buffer_state(m.replay_buffer),
             "action_rng": json.dumps(m.action_space.np_random.bit_generator.state),
-            "env": [snapshot(env) for env in self.env.envs],
+            **sb3_state(m, self.env),
         }
         if getattr(m, "log_ent_coef", None) is not None:
             state["log_ent_coef"] = m.log_ent_coef.detach().clone()
@@ -146,15 +141,9 @@ class OffPolicyLearner:
         for key, opt in self._optimizers().items():
             opt.load_state_dict(state["optimizers"][key])
         self.imitation_optimizer.load_state_dict(state["imitation_optimizer"])
-        m.num_timesteps, m._n_updates = int(state["num_timesteps"]), int(state["n_updates"])
-        m._episode_num = int(state["episode_num"])
-        m._last_obs = state["last_obs"].numpy()
-        m._last_episode_starts = state["last_episode_starts"].numpy()
         load_buffer(m.replay_buffer, state["replay"])
         m.action_space.np_random.bit_generator.state = json.loads(state["action_rng"])
         if "log_ent_coef" in state:
             with torch.no_grad():
                 m.log_ent_coef.copy_(state["log_ent_coef"])
-        for env, text in zip(self.env.envs, state["env"], strict=True):
-            restore(env, text)
-        self.env._seeds = [None] * self.env.num_envs
+        load_sb3_state(m, self.env, state)
