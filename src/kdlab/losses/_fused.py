@@ -111,7 +111,7 @@ def _eager_rows(
     s: Tensor, t: Tensor, inv_t: float, r_coef: list | None, d_coef: list | None, grad_out: Tensor | None
 ) -> Tensor:
     """One chunk of rows, small enough to stay in cache: every pass after the first reads cached memory, so the
-    cost is the number of passes; the perturbation adds 2(M-1) Horner passes and five others."""
+    cost is the number of passes; the perturbation adds 2(M-1) Horner passes and six others to KD's ten or so."""
     ls = torch.log_softmax(s * inv_t, dim=-1)
     lt = torch.log_softmax(t * inv_t, dim=-1)
     q = lt.exp()
@@ -168,8 +168,8 @@ def _eager_all(s: Tensor, t: Tensor, temperature: float, epsilon: Tensor | None,
 
 # Inductor's C++ backend stores an elementwise result in memory once it has more than ~30 operations or is read
 # more than 4 times; the perturbation's Horner polynomials cross both, and the stored (rows, C) buffers made the
-# compiled PTLoss 1.9-2.8x the compiled KD (benchmarks/results/loss_speed_lm.md). Recomputed in registers instead,
-# both kernels have the same loops and memory traffic. CPU only: GPU kernels keep Inductor's defaults.
+# compiled PTLoss 1.9-2.8x the compiled KD on this CPU. Recomputed in registers instead, both kernels have the same
+# loops and memory traffic: 1.13-1.27x (benchmarks/results/loss_speed_lm.md). CPU only: GPUs keep the defaults.
 _CPU_COMPILE_OPTIONS = {
     "realize_reads_threshold": 100,
     "realize_opcount_threshold": 10_000,
