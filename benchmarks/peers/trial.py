@@ -267,8 +267,12 @@ def main() -> None:
             cached, build = build_cache(data, teacher, args.work)
             extra.update(build)
         kdlab(data, teacher, student, args.seed, clock, json.loads(args.flags), cached)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 reports
-        return
+    if "RANK" in os.environ:  # under torchrun: tear the process group down (docs/scaling.md); rank 0 reports
+        from kdlab.engine import end_process_group
+
+        end_process_group()
+        if os.environ["RANK"] != "0":
+            return
     result = {"variant": args.variant, "seed": args.seed, "flags": json.loads(args.flags), **clock.result(), **extra}
     result["call_seconds"] = time.perf_counter() - wall  # + the library's own evaluation (kdlab: val and test)
     result.update(test_metrics(student, teacher, data["x_test"], data["y_test"]))
