@@ -98,12 +98,39 @@ def load_sb3_state(model: Any, env: Any, state: dict[str, Any]) -> None:
     env._seeds = [None] * env.num_envs  # the first reset's seeds were used before the checkpoint
 
 
-class Learner:
+class SB3Learner:
+    """What every learner driven by an SB3 algorithm shares (PPO here, TD3/SAC in ``offpolicy``): one update is
+    ``round_steps`` environment steps through the algorithm's own ``learn``, counted on its model."""
+
+    model: Any
+    round_steps: int
+
+    @property
+    def policy(self) -> Any:
+        return self.model.policy
+
+    @property
+    def steps(self) -> int:
+        return int(self.model.num_timesteps)
+
+    @property
+    def updates(self) -> int:
+        return self.steps // self.round_steps
+
+    def update(self) -> list[tuple[int, float, int]]:
+        """One round of the algorithm's own training; returns the finished episodes."""
+        episodes = Episodes()
+        self.model.learn(self.round_steps, callback=episodes, reset_num_timesteps=False, log_interval=None)
+        return episodes.episodes
+
+
+class Learner(SB3Learner):
     """A named PPO learner with its own environment copy and seed, memory and imitation optimiser."""
 
     def __init__(self, name: str, section: RLSection, seed: int) -> None:
         self.name, self.section = name, section
         ppo = section.ppo
+        self.round_steps = ppo.n_steps
         self.env = make_vec_env(section.env)
         self.model = PPO(
             "MlpPolicy",
@@ -129,24 +156,11 @@ class Learner:
         lr = section.dpd.lr or ppo.lr
         self.imitation_optimizer = torch.optim.Adam(self.model.policy.parameters(), lr=lr)
 
-    @property
-    def policy(self) -> ActorCriticPolicy:
-        return self.model.policy
-
-    @property
-    def steps(self) -> int:
-        return int(self.model.num_timesteps)
-
-    @property
-    def updates(self) -> int:
-        return self.steps // self.section.ppo.n_steps
-
     def update(self) -> list[tuple[int, float, int]]:
-        """One PPO update: ``n_steps`` environment steps, then SB3's PPO epochs. Returns the finished episodes."""
-        episodes = Episodes()
-        self.model.learn(self.section.ppo.n_steps, callback=episodes, reset_num_timesteps=False, log_interval=None)
+        """One PPO update: ``n_steps`` environment steps, then SB3's PPO epochs; the rollout joins the memory."""
+        episodes = super().update()
         self.memory.add(self.model.rollout_buffer.observations)
-        return episodes.episodes
+        return episodes
 
     def obs_tensor(self, obs: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(obs, dtype=torch.float32)

@@ -25,7 +25,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from kdlab.rl_config import RLSection
 
 from .envs import make_vec_env
-from .learners import Episodes, load_sb3_state, sb3_state
+from .learners import SB3Learner, load_sb3_state, sb3_state
 
 ALGORITHMS: dict[str, type[OffPolicyAlgorithm]] = {"td3": TD3, "sac": SAC}
 _BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
@@ -63,12 +63,13 @@ def load_buffer(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
     buffer.pos, buffer.full = int(state["pos"]), bool(state["full"])
 
 
-class OffPolicyLearner:
+class OffPolicyLearner(SB3Learner):
     """A named TD3/SAC learner with its own environment copy and seed, replay buffer and imitation optimiser."""
 
     def __init__(self, name: str, section: RLSection, seed: int) -> None:
         self.name, self.section = name, section
         cfg = section.offpolicy
+        self.round_steps = cfg.round_steps
         self.env = make_vec_env(section.env)
         extra: dict[str, Any] = {}
         if section.algo == "td3" and cfg.action_noise > 0:
@@ -94,26 +95,6 @@ class OffPolicyLearner:
         self.model.set_logger(Logger(folder=None, output_formats=[]))
         self.memory = ReplayMemory(self.model.replay_buffer)
         self.imitation_optimizer = torch.optim.Adam(self.policy.actor.parameters(), lr=section.dpd.lr or cfg.lr)
-
-    @property
-    def policy(self) -> Any:
-        return self.model.policy
-
-    @property
-    def steps(self) -> int:
-        return int(self.model.num_timesteps)
-
-    @property
-    def updates(self) -> int:
-        return self.steps // self.section.offpolicy.round_steps
-
-    def update(self) -> list[tuple[int, float, int]]:
-        """``round_steps`` environment steps with SB3's training in between; returns the finished episodes."""
-        episodes = Episodes()
-        self.model.learn(
-            self.section.offpolicy.round_steps, callback=episodes, reset_num_timesteps=False, log_interval=None
-        )
-        return episodes.episodes
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         found = {"actor": self.policy.actor.optimizer, "critic": self.policy.critic.optimizer}
