@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE)]
 
-from protocol import Contender, pin_threads, publish, run_protocol, trial_result  # noqa: E402
+from protocol import Contender, pin_threads, publish, run_protocol, table, trial_result  # noqa: E402
 
 RESULTS = HERE / "results"
 WORK = HERE / ".work" / "overhead"
@@ -153,15 +153,7 @@ def render(payloads: dict) -> str:
     for title, payload in payloads.items():
         lines += [f"## {title}", "", f"Command: `{payload['command']}`  "]
         lines += [f"Threads: {payload['threads']}; torch {sorted(set(payload['torch_builds'].values()))}  "]
-        lines += [f"1-min load: {payload['load_average_1min']}", ""]
-        lines += ["| contender | median s | min–max |", "|---|---:|---:|"]
-        for name, s in payload["summary"].items():
-            lines.append(f"| {name} | {s['median']:.3f} | {s['min']:.3f}–{s['max']:.3f} |")
-        lines += ["", "| ratio (per repetition) | median | min–max | runs |", "|---|---:|---:|---|"]
-        for name, r in payload["ratios"].items():
-            runs = ", ".join(f"{v:.3f}" for v in r["runs"])
-            lines.append(f"| {name} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | {runs} |")
-        lines.append("")
+        lines += [f"1-min load: {payload['load_average_1min']}", "", *table(payload, "s", decimals=3), ""]
     return "\n".join(lines) + "\n"
 
 

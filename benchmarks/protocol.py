@@ -246,11 +246,12 @@ def publish(
     return out
 
 
-def table(payload: dict[str, Any], unit: str) -> list[str]:
-    """Markdown rows: median and min–max per contender; per-repetition ratios to the baseline."""
+def table(payload: dict[str, Any], unit: str, decimals: int = 0) -> list[str]:
+    """Markdown rows: median and min–max per contender (``decimals`` places); per-repetition ratios to the baseline."""
     lines = [f"| contender | median {unit} | min–max |", "|---|---:|---:|"]
+    d = decimals
     for name, s in payload["summary"].items():
-        lines.append(f"| {name} | {s['median']:.0f} | {s['min']:.0f}–{s['max']:.0f} |")
+        lines.append(f"| {name} | {s['median']:.{d}f} | {s['min']:.{d}f}–{s['max']:.{d}f} |")
     lines += ["", "| ratio (per repetition) | median | min–max | runs |", "|---|---:|---:|---|"]
     for name, r in payload["ratios"].items():
         runs = ", ".join(f"{v:.3f}" for v in r["runs"])
