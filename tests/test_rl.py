@@ -45,12 +45,7 @@ class Match(gym.Env):
 gym.register("KdlabMatch-v0", entry_point=Match)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _policy(obs_space, action_space, seed: int) -> ActorCriticPolicy:

@@ -25,12 +25,7 @@ from kdlab.rl_config import DPDConfig
 POLICIES = {"td3": TD3Policy, "sac": SACPolicy}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _policy(algo: str, seed: int):
