@@ -272,7 +272,8 @@ def evaluate_command(
     console.print(_tables().footprint_line(result["footprint"]))
     for line in _tables().predictor_lines(result):
         console.print(line)
-    written = write_run_plots(run_dir / "plots", load_run(run_dir).records, result, load_run(run_dir).pid)
+    run = load_run(run_dir)
+    written = write_run_plots(run_dir / "plots", run.records, result, run.pid)
     console.print(f"plots: {', '.join(str(p) for p in written)}")
     from kdlab.tasks.classify_pid import pid_lines
 
